@@ -1,0 +1,70 @@
+"""The `cnnlab` command: argument parsing and error reporting, nothing else.
+
+Each module in this package adds its subcommands with `register(subparsers)` and calls
+into the library from its handler; library imports happen inside handlers so that
+`cnnlab --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cnnlab import __version__
+from cnnlab.cli import data, demo, filters, train
+from cnnlab.errors import CnnlabError
+
+MODULES = (demo, filters, data, train)
+
+EPILOG = """\
+examples:
+  cnnlab demo                                   train the lecture's MNIST CNN end to end
+  cnnlab kernels                                list the named kernels
+  cnnlab convolve --signal 1,3,2,3,0,1,5,4 --kernel 1,3,0,-1 --steps
+  cnnlab filter photo.png --kernel sobel-x --kernel sharpen --gallery gallery.png
+  cnnlab data info neu
+  cnnlab train --data mnist --model seed-mnist --out runs/mnist
+  cnnlab evaluate runs/mnist --data mnist --json
+  cnnlab predict runs/mnist digit.png --plot digit-probs.png
+
+Run `cnnlab COMMAND --help` for a command's options and examples.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-made layout of descriptions and example blocks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="cnnlab: convolution, image filters and CNN classifiers (MNIST, NEU steel).",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch, and turn user errors into one line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as e:
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
