@@ -7,6 +7,13 @@ DEVSTAMP:= $(VENV)/.installed-dev
 
 .PHONY: demo test lint bench clean
 
+# Real data: $CNNLAB_DATA if set, else ../shared/data when it sits beside the checkout.
+ifeq ($(CNNLAB_DATA),)
+  ifneq ($(wildcard ../shared/data),)
+    export CNNLAB_DATA := $(abspath ../shared/data)
+  endif
+endif
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

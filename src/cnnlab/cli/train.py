@@ -1,9 +1,255 @@
-"""Subcommands (filled in by the issue that builds them)."""
+"""Subcommands `models`, `train`, `evaluate`, `predict`: thin calls into cnnlab.train & co."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from cnnlab.cli.common import add_command, print_json
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    p = add_command(
+        sub,
+        "models",
+        "list the registered models: input shape, parameters, FLOPs per image",
+        "  cnnlab models\n  cnnlab models --json\n",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_models)
+
+    p = add_command(
+        sub,
+        "train",
+        "train a model on a dataset and write a run folder",
+        "  cnnlab train --data mnist --model seed-mnist --out runs/mnist\n"
+        "  cnnlab train --data neu --model seed-neu --epochs 10 --out runs/neu\n"
+        "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
+        "      --class-weights auto --image-size 128x128\n",
+    )
+    p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
+    p.add_argument("--model", required=True, help="registered model name (see `cnnlab models`)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (recipe default)")
+    p.add_argument("--batch-size", type=int, help="images per step (recipe default: 50)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (recipe default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, init and batch order")
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=0.0,
+        help="fraction of images held out for validation each epoch (default 0)",
+    )
+    p.add_argument(
+        "--test-split",
+        type=float,
+        default=0.2,
+        help="test fraction for data without its own test split (default 0.2)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N epochs without val-loss improvement (needs --val-split)",
+    )
+    p.add_argument(
+        "--class-weights",
+        choices=("none", "auto"),
+        default="none",
+        help="auto: weight the loss by n/(k*count) per class for unbalanced data",
+    )
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if present")
+    p.add_argument("--image-size", type=_size, help="resize images to HxW (default: as stored)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="convert images to 1 or 3 channels (default: as stored)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format (default: on, measured faster)",
+    )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: CUDA or CPUs with native bf16 only)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = add_command(
+        sub,
+        "evaluate",
+        "evaluate a run or model: accuracy, per-class P/R/F1, confusion matrix",
+        "  cnnlab evaluate runs/mnist --data mnist\n"
+        "  cnnlab evaluate runs/neu --data neu --split test --json\n"
+        "  cnnlab evaluate model.safetensors --data holdout/ --split all --out-dir eval/\n",
+    )
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
+    p.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which images (default test; all = every image, for a hold-out set)",
+    )
+    p.add_argument("--out-dir", help="where the PNGs go (default RUN_DIR/eval-<split>/)")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = add_command(
+        sub,
+        "predict",
+        "label and class probabilities for image files or folders",
+        "  cnnlab predict runs/mnist digit.png\n"
+        "  cnnlab predict runs/neu samples/ --top-k 3 --json\n"
+        "  cnnlab predict runs/mnist digit.png --plot digit-probs.png\n",
+    )
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("inputs", metavar="IMAGE|FOLDER", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to list (default 3)")
+    p.add_argument("--plot", metavar="OUT.png", help="draw each image beside its stem plot")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, _, w = text.lower().partition("x")
+        size = (int(h), int(w or h))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 200x200, got '{text}'") from None
+    if min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got '{text}'")
+    return size
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cnnlab.models import describe_models
+
+    rows = describe_models()
+    if args.json:
+        print_json({"models": rows})
+        return 0
+    print(
+        f"{'name':<12} {'input (C,H,W)':<15} {'classes':>7} {'parameters':>12} {'FLOPs/image':>13}"
+    )
+    for r in rows:
+        shape = "x".join(str(s) for s in r["input_shape"])
+        print(
+            f"{r['name']:<12} {shape:<15} {r['num_classes']:>7} {r['parameters']:>12,} "
+            f"{r['flops'] / 1e6:>11.1f} M"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_split=args.val_split,
+        test_split=args.test_split,
+        patience=args.patience,
+        class_weights=args.class_weights,
+        device=args.device,
+        channels_last=args.channels_last,
+        bf16=args.bf16,
+        threads=args.threads,
+        image_size=args.image_size,
+        channels=args.channels,
+        out=args.out,
+    )
+    quiet = args.quiet or args.json
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr)
+
+    result = train(config, progress=not quiet, log=log)
+    summary = {
+        "run_dir": str(result.run_dir),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "history": result.history,
+        "test": result.test,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        acc = result.test.get("accuracy")
+        extra = f", test accuracy {acc:.4f}" if acc is not None else ""
+        print(f"run folder: {result.run_dir}{extra}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.evaluate import evaluate_model
+
+    report = evaluate_model(
+        args.model,
+        args.data,
+        split=args.split,
+        out_dir=args.out_dir,
+        device=args.device,
+        progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print_json(report)
+        return 0
+    print(
+        f"{report['split']} split (from {report['split_source']}): accuracy "
+        f"{report['accuracy']:.4f} on {report['n']} images"
+    )
+    width = max(9, *(len(c) for c in report["class_names"]))
+    print(f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for name, m in report["per_class"].items():
+        print(
+            f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} "
+            f"{m['support']:>8}"
+        )
+    for kind, path in report.get("plots", {}).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnnlab.predict import predict_files
+
+    results = predict_files(
+        args.model, args.inputs, top_k=args.top_k, plot=args.plot, device=args.device
+    )
+    failed = sum("error" in r for r in results)
+    if args.json:
+        print_json({"predictions": results, "failed": failed, "plot": args.plot})
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: ERROR {r['error']}")
+                continue
+            tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
+            true = f" (true {r['true_label']})" if "true_label" in r else ""
+            print(f"{r['file']}: {r['label']}{true}  [{tops}]")
+        if args.plot:
+            print(f"plot: {args.plot}")
+    if failed:
+        print(
+            f"cnnlab: {failed} of {len(results)} image(s) could not be predicted", file=sys.stderr
+        )
+    return 1 if failed else 0

@@ -1,0 +1,183 @@
+"""Evaluate a trained model on a dataset: metrics as sklearn defines them, plus figures.
+
+Writes confusion_matrix.png (counts and normalised) and misclassified.png (true label,
+predicted label, confidence) into the output folder, and returns the report as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.data.dataset import ImageDataset
+from cnnlab.errors import CnnlabError
+from cnnlab.metrics import classification_report
+from cnnlab.runtime import setup
+from cnnlab.train.checkpoint import load_model
+from cnnlab.train.engine import predict_logits
+
+SPLITS = ("test", "val", "train", "all")
+MAX_MISCLASSIFIED = 32  # images in the misclassified grid
+
+
+def match_classes(dataset_classes: list[str], model_classes: list[str], where: str) -> np.ndarray:
+    """Map dataset label i -> model class index by name; unknown names are an error."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [c for c in dataset_classes if c not in index]
+    if unknown:
+        raise CnnlabError(
+            f"class names do not match the model's: data has {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}, model knows {', '.join(model_classes)}",
+            where,
+        )
+    return np.array([index[c] for c in dataset_classes], dtype=np.int64)
+
+
+def load_eval_data(
+    data: str | Path,
+    meta: dict[str, Any],
+    run_dir: Path | None,
+    *,
+    progress: bool = True,
+) -> tuple[ImageDataset, str]:
+    """Load `data` at the model's channels and size, with the run's split when it applies.
+
+    Returns the dataset and a note saying where the split came from.
+    """
+    from cnnlab.data import load_dataset
+
+    cfg: dict[str, Any] = {}
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        try:
+            cfg = json.loads((run_dir / "config.json").read_text())["config"]
+        except (ValueError, KeyError, OSError):
+            cfg = {}
+    ds = load_dataset(
+        data,
+        channels=int(meta["input"]["channels"]),
+        size=tuple(meta["input"]["size"]),
+        seed=int(cfg.get("seed", 0)),
+        test_split=float(cfg.get("test_split", 0.2)),
+        val_split=float(cfg.get("val_split", 0.0)),
+        progress=progress,
+    )
+    split_file = run_dir / "split.json" if run_dir is not None else None
+    if split_file is not None and split_file.is_file():
+        try:
+            manifest = json.loads(split_file.read_text())
+        except (ValueError, OSError) as e:
+            raise CnnlabError(f"unreadable split record ({e})", split_file) from None
+        files = set(ds.files)
+        if all(f in files for names in manifest.values() for f in names):
+            return ds.with_split_manifest(manifest), "the run's split.json"
+    return ds, "the dataset's own split"
+
+
+def evaluate_model(
+    model_src: str | Path,
+    data: str | Path | ImageDataset,
+    *,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy, per-class precision / recall / F1, confusion matrix (+ PNGs) of a model.
+
+    Parameters
+    ----------
+    model_src : run folder or .safetensors MODEL file
+    data : dataset spec ("mnist", "neu", a folder, ...) or an ImageDataset
+    split : "test" (default), "val", "train" or "all" (every image, for a hold-out set)
+    out_dir : where the PNGs go; default RUN_DIR/eval-<split>/ (or beside the model file)
+
+    Examples
+    --------
+    >>> r = evaluate_model("runs/mnist", "mnist")  # doctest: +SKIP
+    >>> r["accuracy"], r["confusion_matrix"][0][:3]  # doctest: +SKIP
+    (0.9912, [976, 0, 1])
+    """
+    if split not in SPLITS:
+        raise CnnlabError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    model_src = Path(model_src)
+    run_dir = model_src if model_src.is_dir() else None
+    model, meta = load_model(model_src)
+    if isinstance(data, ImageDataset):
+        ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
+    else:
+        ds, split_note = load_eval_data(data, meta, run_dir, progress=progress)
+        where = str(data)
+    part = ds.split(split)
+    want = (int(meta["input"]["channels"]), *meta["input"]["size"])
+    if tuple(part.images.shape[1:]) != tuple(want):
+        raise CnnlabError(
+            f"images are {tuple(part.images.shape[1:])}, the model wants (C, H, W) = {want}",
+            where,
+        )
+    model_classes = list(meta["class_names"])
+    to_model = match_classes(part.class_names, model_classes, where)
+    if len(part) == 0:
+        raise CnnlabError(f"the '{split}' split is empty", where)
+
+    rt = setup(device)
+    model = model.to(rt.device)
+    logits = predict_logits(model, part.images, runtime=rt)
+    probs = torch.softmax(logits, dim=1).numpy()
+    y_true = to_model[part.labels.numpy()]
+    y_pred = probs.argmax(1)
+    report = classification_report(y_true, y_pred, model_classes)
+    report.update({"split": split, "split_source": split_note, "model": str(model_src)})
+
+    if out_dir is None:
+        base = run_dir if run_dir is not None else model_src.parent
+        out_dir = base / f"eval-{split}"
+    out_dir = Path(out_dir)
+    if plots:
+        report["plots"] = _write_plots(
+            out_dir, part, probs, y_true, y_pred, model_classes, report["confusion_matrix"]
+        )
+    return report
+
+
+def _write_plots(
+    out_dir: Path,
+    part: ImageDataset,
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: list[str],
+    cm: list[list[int]],
+) -> dict[str, str]:
+    from cnnlab.plots import confusion_matrix_figure, image_grid, save_figure
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cm_path = save_figure(
+            confusion_matrix_figure(np.array(cm), class_names), out_dir / "confusion_matrix.png"
+        )
+        wrong = np.flatnonzero(y_true != y_pred)
+        # most confident mistakes first: the ones worth looking at
+        wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:MAX_MISCLASSIFIED]
+        images = [part.images[i].permute(1, 2, 0).numpy() for i in wrong]
+        titles = [
+            f"{part.files[i].rsplit('/', 1)[-1][:20]}\ntrue: {class_names[y_true[i]][:20]}\n"
+            f"pred: {class_names[y_pred[i]][:20]} ({probs[i, y_pred[i]]:.0%})"
+            for i in wrong
+        ]
+        fig = image_grid(
+            images,
+            titles,
+            ncols=6,
+            cell=2.4,
+            suptitle=f"{len(np.flatnonzero(y_true != y_pred))} misclassified "
+            f"of {len(y_true)} (most confident first, up to {MAX_MISCLASSIFIED})",
+        )
+        mis_path = save_figure(fig, out_dir / "misclassified.png")
+    except OSError as e:
+        raise CnnlabError(f"cannot write evaluation plots ({e.strerror or e})", out_dir) from None
+    return {"confusion_matrix": str(cm_path), "misclassified": str(mis_path)}

@@ -1,0 +1,154 @@
+"""Predict labels for loose image files or in-memory images with a trained model.
+
+Files go through `cnnlab.images.read_image` and `cnnlab.data.preprocess.to_model_input`
+(the same preprocessing as training data), so the model sees pixels prepared the same way.
+A bad file is reported in its own result and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.images import is_image_file, read_image
+from cnnlab.runtime import setup
+from cnnlab.train.checkpoint import load_model
+from cnnlab.train.engine import predict_logits
+
+MAX_PLOTTED = 16  # images drawn by --plot
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders -> their image files (recursively, sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise CnnlabError("folder holds no image files", p)
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def predict_images(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    *,
+    device: str = "auto",
+) -> np.ndarray:
+    """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size."""
+    rt = setup(device)
+    model = model.to(rt.device)
+    logits = predict_logits(model, images_u8, runtime=rt)
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def _result(probs: np.ndarray, class_names: list[str], top_k: int) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return {
+        "label": class_names[int(order[0])],
+        "probability": float(probs[order[0]]),
+        "top_k": [{"label": class_names[int(i)], "probability": float(probs[i])} for i in order],
+        "probabilities": {c: float(p) for c, p in zip(class_names, probs, strict=True)},
+    }
+
+
+def predict_files(
+    model_src: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 3,
+    plot: str | Path | None = None,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Label and probabilities for each image file (folders expand to their images).
+
+    Each result holds "file" and either "label", "probability", "top_k", "probabilities"
+    (and "true_label" when the parent folder is named after one of the model's classes), or
+    "error" for a file that could not be read. `plot` draws the notes' image + stem figure.
+
+    Examples
+    --------
+    >>> for r in predict_files("runs/mnist", ["digit.png"]):  # doctest: +SKIP
+    ...     print(r["file"], r["label"], round(r["probability"], 3))
+    digit.png 7 0.998
+    """
+    if top_k <= 0:
+        raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
+    model, meta = load_model(model_src)
+    class_names = list(meta["class_names"])
+    channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
+    files = expand_inputs(inputs)
+    results: list[dict[str, Any]] = []
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    for f in files:
+        try:
+            arr = read_image(f, "keep")
+            if arr.dtype != np.uint8:
+                arr = read_image(f, "L" if channels == 1 else "RGB")
+            arrays.append(to_model_input(arr, channels, size, path=f))
+            ok.append(len(results))
+            results.append({"file": str(f)})
+        except CnnlabError as e:
+            results.append({"file": str(f), "error": str(e)})
+    if arrays:
+        probs = predict_images(model, torch.from_numpy(np.stack(arrays)), device=device)
+        for i, p in zip(ok, probs, strict=True):
+            results[i].update(_result(p, class_names, min(top_k, len(class_names))))
+            parent = Path(results[i]["file"]).parent.name
+            if parent in class_names:
+                results[i]["true_label"] = parent
+    if plot is not None:
+        if not arrays:
+            raise CnnlabError("nothing to plot: no image could be read", plot)
+        plot_predictions(
+            plot,
+            arrays[:MAX_PLOTTED],
+            [np.array(list(results[i]["probabilities"].values())) for i in ok[:MAX_PLOTTED]],
+            class_names,
+            true_labels=[results[i].get("true_label") for i in ok[:MAX_PLOTTED]],
+            titles=[Path(results[i]["file"]).name for i in ok[:MAX_PLOTTED]],
+        )
+    return results
+
+
+def to_model_input(
+    arr: np.ndarray, channels: int, size: tuple[int, int], *, path: str | Path | None = None
+) -> np.ndarray:
+    """The one preprocessing path (cnnlab.data.preprocess), with a user-facing error."""
+    from cnnlab.data.preprocess import to_model_input as prep
+
+    try:
+        return prep(arr, channels, size)
+    except ValueError as e:
+        raise CnnlabError(str(e), path) from None
+
+
+def plot_predictions(
+    path: str | Path,
+    images: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    class_names: list[str],
+    *,
+    true_labels: Sequence[str | None] | None = None,
+    titles: Sequence[str | None] | None = None,
+) -> Path:
+    """Save the notes' figure (image beside a stem plot of probabilities), one row per image."""
+    from cnnlab.plots import predictions_figure, save_figure
+
+    path = Path(path)
+    fig = predictions_figure(images, probs, class_names, true_labels=true_labels, titles=titles)
+    try:
+        return save_figure(fig, path)
+    except (OSError, ValueError) as e:
+        raise CnnlabError(f"cannot write the plot ({e})", path) from None

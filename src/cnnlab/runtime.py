@@ -1,0 +1,119 @@
+"""Device and thread set-up, done once for every command that runs a model.
+
+Threads are set to the physical cores (hyper-threads slow convolutions down), denormals are
+flushed (tiny activations late in training otherwise take a slow path), and the device is
+picked from "auto" / "cpu" / "cuda" with a clear error when CUDA is asked for but absent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@cache
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (logical CPUs / threads per core)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        logical = os.cpu_count() or 1
+    per_core = 1
+    try:
+        with open("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list") as f:
+            text = f.read().strip()
+        # "0,8" or "0-1": count the siblings of cpu0
+        per_core = sum(
+            (int(b) - int(a) + 1) if "-" in part else 1
+            for part in text.split(",")
+            for a, _, b in [part.partition("-")]
+        )
+    except (OSError, ValueError):
+        pass
+    return max(1, logical // max(1, per_core))
+
+
+@cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 math (AVX512-BF16 or AMX); bf16 is slow without it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def setup_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (default: physical cores) and flush denormals; returns n."""
+    n = threads or int(os.environ.get("CNNLAB_THREADS", 0)) or physical_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    torch.set_flush_denormal(True)
+    return n
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" -> cuda when available else cpu; "cuda" without CUDA is a user error."""
+    if name not in DEVICE_CHOICES:
+        raise CnnlabError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got '{name}'")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda asked for, but this torch build sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a model runs: device, threads, memory format and autocast dtype."""
+
+    device: torch.device
+    threads: int
+    channels_last: bool
+    amp_dtype: torch.dtype | None  # autocast dtype, None = float32 throughout
+
+    def autocast(self) -> torch.autocast:
+        """An autocast context (a no-op when amp_dtype is None)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        )
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able record of this runtime, for config.json."""
+        return {
+            "device": str(self.device),
+            "threads": self.threads,
+            "channels_last": self.channels_last,
+            "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
+        }
+
+
+def setup(
+    device: str = "auto",
+    *,
+    threads: int | None = None,
+    channels_last: bool | None = None,
+    bf16: bool | None = None,
+) -> Runtime:
+    """Set threads once and pick the device; defaults are what measured fastest.
+
+    channels_last: None = on (seed-mnist training on 2 Zen3 cores: 1384 vs 1177 images/s
+    channels_last vs NCHW, median of 4 interleaved 2000-image epochs; on CUDA it feeds the
+    tensor cores). bf16: None = on for CUDA, on for CPUs with native bf16, off
+    otherwise (emulated bf16 is several times slower than float32 on AVX2-only CPUs).
+    """
+    dev = resolve_device(device)
+    n = setup_threads(threads)
+    if channels_last is None:
+        channels_last = True
+    if bf16 is None:
+        bf16 = dev.type == "cuda" or cpu_has_fast_bf16()
+    return Runtime(dev, n, bool(channels_last), torch.bfloat16 if bf16 else None)

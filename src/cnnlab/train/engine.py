@@ -1,0 +1,165 @@
+"""The training engine: one epoch of training and one evaluation pass, as plain functions.
+
+Data flow: the whole split sits in memory (on the device) as uint8 (N, C, H, W); each step
+slices a batch with a per-epoch permutation from a seeded `torch.Generator`, converts it to
+float with `.float().mul_(1/255)` (the notes' `x / 255`), and runs the model. Training drops
+the last incomplete batch (constant shapes, as the fast kernels and torch.compile like);
+evaluation runs it at its own size so every image counts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.runtime import Runtime
+
+PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels -> [0, 1], the notes' `train_x / 255.0`
+EVAL_BATCH = 500  # images per evaluation step: large enough to keep the cores busy
+
+
+def to_input(batch_u8: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1], channels_last when the runtime asks for it."""
+    x = batch_u8.float().mul_(PIXEL_SCALE)
+    if runtime is not None and runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        unit_scale=True,
+        leave=True,
+        file=sys.stderr,
+        disable=not enabled or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    runtime: Runtime,
+    class_weights: torch.Tensor | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """One pass over the images in a seeded random order; returns loss, accuracy, images/s.
+
+    The last incomplete batch is dropped (every step sees `batch_size` images); with fewer
+    images than `batch_size` the one batch is the whole set. Loss is the mean cross-entropy
+    of the batches (class-weighted when `class_weights` is given), as Keras reports it.
+    """
+    model.train()
+    n = images_u8.shape[0]
+    bs = min(batch_size, n)
+    steps = n // bs
+    perm = torch.randperm(n, generator=generator).to(images_u8.device)
+    loss_sum = torch.zeros((), device=images_u8.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images_u8.device)
+    t0 = time.perf_counter()
+    with _progress(steps * bs, desc, progress) as bar:
+        for step in range(steps):
+            idx = perm[step * bs : (step + 1) * bs]
+            x = to_input(images_u8[idx], runtime)
+            y = labels[idx]
+            with runtime.autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            bar.update(bs)
+            if not bar.disable and (step % 20 == 0 or step == steps - 1):
+                seen = (step + 1) * bs
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / (step + 1):.4f}",
+                    acc=f"{correct.item() / seen:.4f}",
+                    img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                )
+    seconds = time.perf_counter() - t0
+    seen = steps * bs
+    return {
+        "loss": loss_sum.item() / max(steps, 1),
+        "accuracy": correct.item() / max(seen, 1),
+        "n": seen,
+        "seconds": seconds,
+        "images_per_s": seen / seconds if seconds > 0 else 0.0,
+    }
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    *,
+    runtime: Runtime,
+    batch_size: int = EVAL_BATCH,
+) -> torch.Tensor:
+    """Logits (N, num_classes), float32 on the CPU, for uint8 images (any device)."""
+    model.eval()
+    out = []
+    for start in range(0, images_u8.shape[0], batch_size):
+        x = to_input(images_u8[start : start + batch_size].to(runtime.device), runtime)
+        with runtime.autocast():
+            out.append(model(x).float().cpu())
+    if not out:
+        return torch.zeros((0, 0))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    runtime: Runtime,
+    batch_size: int = EVAL_BATCH,
+    class_weights: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Mean cross-entropy, accuracy and predictions over every image (last batch at its size).
+
+    Returns a dict with loss, accuracy, n, seconds, images_per_s, and `logits` (N, K) on the
+    CPU for callers that want probabilities or a confusion matrix.
+    """
+    t0 = time.perf_counter()
+    logits = predict_logits(model, images_u8, runtime=runtime, batch_size=batch_size)
+    y = labels.cpu()
+    n = int(y.shape[0])
+    seconds = time.perf_counter() - t0
+    if n == 0:
+        return {
+            "loss": float("nan"),
+            "accuracy": float("nan"),
+            "n": 0,
+            "seconds": seconds,
+            "images_per_s": 0.0,
+            "logits": logits,
+        }
+    w = None if class_weights is None else class_weights.cpu()
+    return {
+        "loss": F.cross_entropy(logits, y, weight=w).item(),
+        "accuracy": (logits.argmax(1) == y).double().mean().item(),
+        "n": n,
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else 0.0,
+        "logits": logits,
+    }

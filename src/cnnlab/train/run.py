@@ -1,0 +1,373 @@
+"""A training run: dataset -> model -> epochs -> a run folder users pass around.
+
+Run folder contents: model.safetensors (best weights, self-contained MODEL), model.json,
+last.safetensors (model + optimizer after the last epoch), config.json (exact configuration,
+runtime, dataset summary), split.json (splits by file name), history.csv, curves.png and
+metrics.json (test metrics of the best model).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab import __version__
+from cnnlab.atomic import write_json, write_text
+from cnnlab.data.dataset import ImageDataset
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model, model_info, model_kwargs
+from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
+from cnnlab.train.checkpoint import (
+    LAST_FILE,
+    MODEL_FILE,
+    model_meta,
+    save_last,
+    save_model,
+    write_model_json,
+)
+from cnnlab.train.engine import evaluate, train_one_epoch
+
+ADAM_EPS = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run; None = the model's recipe (the notes' defaults)."""
+
+    data: str
+    model: str
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    val_split: float = 0.0
+    test_split: float = 0.2  # only for data without its own test split (MNIST has one)
+    patience: int | None = None  # epochs without val-loss improvement before stopping
+    class_weights: str = "none"  # "none" | "auto" (n / (k * count), sklearn's "balanced")
+    device: str = "auto"
+    channels_last: bool | None = None  # None = the runtime's measured default
+    bf16: bool | None = None  # None = only where native (CUDA, AVX512-BF16/AMX CPUs)
+    threads: int | None = None  # None = physical cores
+    image_size: tuple[int, int] | None = None  # resize data to (H, W); None = data's own size
+    channels: int | None = None  # convert data to 1 or 3 channels; None = data's own
+    out: str | None = None
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the recipe filled in and every value checked (errors name the flag)."""
+        recipe = model_info(self.model).recipe
+        c = TrainConfig(**{**asdict(self)})
+        c.epochs = self.epochs if self.epochs is not None else int(recipe.get("epochs", 10))
+        c.batch_size = (
+            self.batch_size if self.batch_size is not None else int(recipe.get("batch_size", 50))
+        )
+        c.lr = self.lr if self.lr is not None else float(recipe.get("lr", 1e-3))
+        if c.epochs <= 0:
+            raise CnnlabError(f"--epochs must be a positive integer, got {c.epochs}")
+        if c.batch_size <= 0:
+            raise CnnlabError(f"--batch-size must be a positive integer, got {c.batch_size}")
+        if not (c.lr > 0 and math.isfinite(c.lr)):
+            raise CnnlabError(f"--lr must be a positive number, got {c.lr}")
+        if not 0.0 <= c.val_split < 1.0:
+            raise CnnlabError(f"--val-split must be in [0, 1), got {c.val_split}")
+        if not 0.0 < c.test_split < 1.0:
+            raise CnnlabError(f"--test-split must be in (0, 1), got {c.test_split}")
+        if c.val_split + c.test_split >= 1.0:
+            raise CnnlabError("--val-split plus --test-split must leave images for training")
+        if c.patience is not None:
+            if c.patience <= 0:
+                raise CnnlabError(f"--patience must be a positive integer, got {c.patience}")
+            if c.val_split == 0:
+                raise CnnlabError("--patience needs a validation split: add --val-split")
+        if c.class_weights not in ("none", "auto"):
+            raise CnnlabError(f"--class-weights must be 'none' or 'auto', got {c.class_weights}")
+        if c.device not in DEVICE_CHOICES:
+            raise CnnlabError(f"--device must be one of {', '.join(DEVICE_CHOICES)}")
+        if c.threads is not None and c.threads <= 0:
+            raise CnnlabError(f"--threads must be a positive integer, got {c.threads}")
+        if c.channels not in (None, 1, 3):
+            raise CnnlabError(f"--channels must be 1 or 3, got {c.channels}")
+        if c.out is None:
+            c.out = str(Path("runs") / f"{c.model}-{datetime.now():%Y%m%d-%H%M%S}")
+        return c
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns: its folder, per-epoch history and test metrics."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    test: dict[str, Any]
+    best_epoch: int
+    stopped_early: bool
+    config: dict[str, Any]
+
+
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (k * count_c) per class (sklearn's 'balanced'); absent classes get weight 0."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    w = torch.where(counts > 0, labels.numel() / (num_classes * counts.clamp(min=1)), 0.0)
+    return w.float()
+
+
+def prepare_run_dir(out: str | Path) -> Path:
+    """Create the run folder and check that it can be written, before any training."""
+    run_dir = Path(out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".cnnlab-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CnnlabError(f"cannot write the run folder ({e.strerror or e})", run_dir) from None
+    return run_dir
+
+
+def load_training_data(config: TrainConfig, *, progress: bool = True) -> ImageDataset:
+    """The dataset named by `config.data`, split as the config says (import is lazy)."""
+    from cnnlab.data import load_dataset  # the data package's loader
+
+    return load_dataset(
+        config.data,
+        channels=config.channels,
+        size=config.image_size,
+        seed=config.seed,
+        test_split=config.test_split,
+        val_split=config.val_split,
+        progress=progress,
+    )
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """The per-epoch history as CSV text (empty cells where there is no validation)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+    return buf.getvalue()
+
+
+def train(
+    config: TrainConfig,
+    dataset: ImageDataset | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `config.model` on `config.data` (or on `dataset`) and write the run folder.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings; None fields take the model's recipe (Adam, lr 1e-3, batch 50).
+    dataset : ImageDataset, optional
+        Use these images instead of loading `config.data`; it needs a "train" split, and
+        "test" / "val" splits are used when present.
+    progress : bool
+        Progress bars on stderr (only when it is a terminal).
+    log : callable
+        Where one-line messages go (epoch summaries, notes).
+
+    Examples
+    --------
+    >>> from cnnlab.train import TrainConfig, train
+    >>> result = train(TrainConfig(data="mnist", model="seed-mnist", out="runs/mnist"))
+    ... # doctest: +SKIP
+    >>> result.test["accuracy"]  # doctest: +SKIP
+    0.9912
+    """
+    cfg = config.resolved()
+    rt = setup(cfg.device, threads=cfg.threads, channels_last=cfg.channels_last, bf16=cfg.bf16)
+    created = not Path(cfg.out).exists()
+    run_dir = prepare_run_dir(cfg.out)
+    try:
+        if dataset is None:
+            dataset = load_training_data(cfg, progress=progress)
+        if "train" not in dataset.splits:
+            raise CnnlabError("dataset has no 'train' split", dataset.root or cfg.data)
+        if cfg.val_split > 0 and "val" not in dataset.splits:
+            raise CnnlabError("--val-split given but the dataset has no 'val' split", cfg.data)
+    except BaseException:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave no empty run folder behind for bad input
+        raise
+    for note in dataset.notes:
+        log(f"note: {note}")
+
+    kwargs = model_kwargs(
+        cfg.model,
+        in_channels=dataset.channels,
+        num_classes=dataset.num_classes,
+        image_size=dataset.image_size,
+    )
+    torch.manual_seed(cfg.seed)  # the model's initial weights
+    try:
+        model = create_model(cfg.model, **{**kwargs, "image_size": tuple(kwargs["image_size"])})
+    except ValueError as e:
+        raise CnnlabError(str(e), cfg.data) from None
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, eps=ADAM_EPS, foreach=rt.device.type == "cuda" or None
+    )
+
+    def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if name not in dataset.splits:
+            return None
+        idx = dataset.splits[name]
+        return dataset.images[idx].to(rt.device), dataset.labels[idx].to(rt.device)
+
+    train_xy, val_xy, test_xy = on_device("train"), on_device("val"), on_device("test")
+    weights = None
+    if cfg.class_weights == "auto":
+        weights = balanced_class_weights(train_xy[1], dataset.num_classes).to(rt.device)
+
+    config_record = _config_record(cfg, rt, dataset, kwargs, weights)
+    write_json(run_dir / "config.json", config_record)
+    write_json(run_dir / "split.json", dataset.split_manifest())
+    meta = model_meta(
+        cfg.model,
+        kwargs,
+        dataset.class_names,
+        trained={"data": cfg.data, "seed": cfg.seed, "cnnlab_version": __version__},
+    )
+    write_model_json(run_dir, meta)
+
+    log(
+        f"training {cfg.model} on {len(train_xy[1])} images ({dataset.num_classes} classes, "
+        f"{dataset.channels}x{dataset.image_size[0]}x{dataset.image_size[1]}) for {cfg.epochs} "
+        f"epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, {rt.device}, {rt.threads} threads"
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)  # batch order, independent of init
+    history: list[dict[str, Any]] = []
+    best_loss, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        tr = train_one_epoch(
+            model,
+            *train_xy,
+            optimizer=opt,
+            batch_size=cfg.batch_size,
+            generator=gen,
+            runtime=rt,
+            class_weights=weights,
+            progress=progress,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+        )
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": round(tr["loss"], 6),
+            "train_accuracy": round(tr["accuracy"], 6),
+            "val_loss": None,
+            "val_accuracy": None,
+            "lr": cfg.lr,
+            "images_per_s": round(tr["images_per_s"], 1),
+        }
+        if val_xy is not None:
+            va = evaluate(model, *val_xy, runtime=rt, class_weights=weights)
+            row["val_loss"], row["val_accuracy"] = round(va["loss"], 6), round(va["accuracy"], 6)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(row)
+        msg = (
+            f"epoch {epoch}/{cfg.epochs}: loss {tr['loss']:.4f} acc {tr['accuracy']:.4f}"
+            f" ({tr['images_per_s']:.0f} img/s)"
+        )
+        if val_xy is not None:
+            msg += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+        log(msg)
+
+        improved = val_xy is None or row["val_loss"] < best_loss
+        if improved:
+            best_loss = row["val_loss"] if val_xy is not None else best_loss
+            best_epoch, bad_epochs = epoch, 0
+            save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": epoch})
+        else:
+            bad_epochs += 1
+        save_last(run_dir / LAST_FILE, model, opt, {**meta, "epoch": epoch}, epoch=epoch)
+        write_text(run_dir / "history.csv", history_csv(history))
+        if cfg.patience is not None and bad_epochs >= cfg.patience:
+            log(
+                f"early stop: val loss has not improved for {cfg.patience} epoch(s); "
+                f"best epoch {best_epoch}"
+            )
+            stopped = True
+            break
+
+    _save_curves(run_dir, history)
+    test: dict[str, Any] = {}
+    if test_xy is not None:
+        if best_epoch != history[-1]["epoch"]:
+            from cnnlab.train.checkpoint import load_model
+
+            model, _ = load_model(run_dir / MODEL_FILE)
+            model = model.to(rt.device)
+            if rt.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        te = evaluate(model, *test_xy, runtime=rt)
+        test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
+        log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "best_epoch": best_epoch,
+            "stopped_early": stopped,
+            "epochs_run": len(history),
+            "train_seconds": round(sum(r["seconds"] for r in history), 3),
+            "final": history[-1],
+            "test": test,
+        },
+    )
+    return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+
+
+def _save_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from cnnlab.plots import save_figure, training_curves
+
+    save_figure(training_curves(history), run_dir / "curves.png")
+
+
+def _config_record(
+    cfg: TrainConfig,
+    rt: Runtime,
+    dataset: ImageDataset,
+    kwargs: dict[str, Any],
+    weights: torch.Tensor | None,
+) -> dict[str, Any]:
+    record = asdict(cfg)
+    record["image_size"] = list(cfg.image_size) if cfg.image_size else None
+    return {
+        "config": record,
+        "model_kwargs": kwargs,
+        "optimizer": {"name": "adam", "lr": cfg.lr, "betas": [0.9, 0.999], "eps": ADAM_EPS},
+        "loss": "cross_entropy" + (" (class-weighted)" if weights is not None else ""),
+        "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
+        "runtime": rt.describe(),
+        "dataset": dataset.summary(),
+        "versions": {
+            "cnnlab": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }

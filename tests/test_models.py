@@ -1,0 +1,126 @@
+"""The model registry, the seed CNNs' architecture, Keras-style init and the FLOP count."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import (
+    count_flops,
+    count_parameters,
+    create_model,
+    describe_models,
+    list_models,
+    model_info,
+)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_forward_backward(name: str) -> None:
+    """timm-style registry loop: output shape, no NaN, every parameter gets a gradient."""
+    info = model_info(name)
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.rand(2, info.in_channels, *info.image_size)
+    out = model(x)
+    assert out.shape == (2, info.num_classes)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_seed_models_are_registered_with_the_notes_recipe() -> None:
+    assert {"seed-mnist", "seed-neu"} <= set(list_models())
+    mnist, neu = model_info("seed-mnist"), model_info("seed-neu")
+    assert (mnist.in_channels, mnist.image_size, mnist.num_classes) == (1, (28, 28), 10)
+    assert (neu.in_channels, neu.image_size, neu.num_classes) == (1, (200, 200), 6)
+    for info, epochs in ((mnist, 3), (neu, 10)):
+        assert info.recipe == {"optimizer": "adam", "lr": 1e-3, "batch_size": 50, "epochs": epochs}
+
+
+def test_parameter_counts_match_keras_summary() -> None:
+    """Keras model.summary() totals, computed by hand layer by layer."""
+    # conv 1->32: 9*32+32; conv 32->64: 9*32*64+64; dense 7*7*64 -> 128; dense 128 -> 10
+    mnist = (9 * 32 + 32) + (9 * 32 * 64 + 64) + (3136 * 128 + 128) + (128 * 10 + 10)
+    # + conv 64->128; dense 25*25*128 -> 128; dense 128 -> 6
+    neu = (
+        (9 * 32 + 32)
+        + (9 * 32 * 64 + 64)
+        + (9 * 64 * 128 + 128)
+        + (25 * 25 * 128 * 128 + 128)
+        + (128 * 6 + 6)
+    )
+    assert count_parameters(create_model("seed-mnist")) == mnist == 421_642
+    assert count_parameters(create_model("seed-neu")) == neu == 10_333_574
+
+
+def test_flops_match_hand_computation() -> None:
+    # MACs: conv1 32*28*28*(1*9), conv2 64*14*14*(32*9), fc1 3136*128, fc2 128*10
+    macs = 32 * 28 * 28 * 9 + 64 * 14 * 14 * 32 * 9 + 3136 * 128 + 128 * 10
+    assert count_flops(create_model("seed-mnist"), (1, 28, 28)) == 2 * macs == 8_482_304
+    macs_neu = (
+        32 * 200 * 200 * 9
+        + 64 * 100 * 100 * 32 * 9
+        + 128 * 50 * 50 * 64 * 9
+        + 80_000 * 128
+        + 128 * 6
+    )
+    assert count_flops(create_model("seed-neu"), (1, 200, 200)) == 2 * macs_neu
+
+
+def test_intermediate_shapes_follow_the_keras_code() -> None:
+    model = create_model("seed-mnist")
+    x = torch.zeros(3, 1, 28, 28)
+    shapes = []
+    for block in model.features:
+        x = block(x)
+        shapes.append(tuple(x.shape))
+    assert shapes == [(3, 32, 14, 14), (3, 64, 7, 7)]
+    neu = create_model("seed-neu")
+    assert neu.fc1.in_features == 128 * 25 * 25
+
+
+def test_keras_initialisation() -> None:
+    """Glorot-uniform weights inside +-sqrt(6/(fan_in+fan_out)) with matching std; zero bias."""
+    torch.manual_seed(0)
+    model = create_model("seed-neu")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            w = m.weight
+            rf = w[0, 0].numel() if w.ndim == 4 else 1
+            limit = math.sqrt(6 / (w.shape[1] * rf + w.shape[0] * rf))
+            assert w.abs().max() <= limit
+            assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)
+            assert torch.count_nonzero(m.bias) == 0
+
+
+def test_factories_accept_other_shapes() -> None:
+    model = create_model("seed-neu", in_channels=3, num_classes=4, image_size=(64, 48))
+    out = model(torch.rand(2, 3, 64, 48))
+    assert out.shape == (2, 4)
+    assert model.fc1.in_features == 128 * 8 * 6
+    # odd sizes floor like Keras' MaxPool2D: 29 -> 14 -> 7
+    assert create_model("seed-mnist", image_size=(29, 29)).fc1.in_features == 64 * 7 * 7
+
+
+def test_too_small_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        create_model("seed-neu", image_size=(4, 4))
+
+
+def test_unknown_model_lists_known_ones() -> None:
+    with pytest.raises(CnnlabError, match=r"unknown model 'resnet9000'.*seed-mnist.*seed-neu"):
+        create_model("resnet9000")
+
+
+def test_describe_models_rows() -> None:
+    rows = {r["name"]: r for r in describe_models()}
+    assert rows["seed-mnist"]["input_shape"] == [1, 28, 28]
+    assert rows["seed-mnist"]["flops"] == 8_482_304
+    assert rows["seed-neu"]["parameters"] == 10_333_574
