@@ -21,7 +21,7 @@ def real_data() -> Path:
     """`$CNNLAB_DATA` when it holds the real datasets; otherwise skip with the reason."""
     root = os.environ.get("CNNLAB_DATA")
     if not root or not Path(root).is_dir():
-        pytest.skip("real data not available: set CNNLAB_DATA to the folder with mnist/ and neu-det/")
+        pytest.skip("real data not available: set CNNLAB_DATA to the folder with mnist/, neu-det/")
     return Path(root)
 
 

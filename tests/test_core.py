@@ -47,13 +47,13 @@ def test_read_image_errors(tmp_path):
         read_image(tmp_path / "missing.png")
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(CnnlabError, match="bad.png: not an image"):
+    with pytest.raises(CnnlabError, match=r"bad\.png: not an image"):
         read_image(bad)
     good = tmp_path / "t.jpg"
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(good)
     trunc = tmp_path / "trunc.jpg"
     trunc.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(CnnlabError, match="trunc.jpg: unreadable or truncated"):
+    with pytest.raises(CnnlabError, match=r"trunc\.jpg: unreadable or truncated"):
         read_image(trunc)
 
 

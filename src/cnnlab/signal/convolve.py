@@ -36,6 +36,7 @@ Method = Literal["auto", "direct", "fft"]
 MODES = ("full", "same", "valid")
 BOUNDARIES = ("fill", "reflect", "wrap")
 
+FFT_WEIGHTS_PER_LOG2 = 6  # direct cost per weight vs FFT cost per log2(size), measured
 FFT_MIN_KERNEL = 32  # kernel weights below which FFT never wins (measured, benchmarks/)
 
 
@@ -225,31 +226,34 @@ def _valid_convolve(xp: torch.Tensor, k: torch.Tensor, method: Method) -> torch.
 
 
 def _use_fft(xp: torch.Tensor, k: torch.Tensor) -> bool:
-    """FFT when it is cheaper: K weights per output pixel (direct) vs ~2 log2(size) (FFT).
+    """FFT when it is cheaper: K weights per output pixel (direct) vs ~log2(size) (FFT).
 
-    Measured on 2048x2048 float32 (benchmarks/bench_filters.py): direct wins at 5x5, FFT from
-    about 7x7. Integer inputs stay direct (exact); non-finite inputs stay direct (an FFT would
+    Measured on 2048x2048 float32, 2 cores (benchmarks/bench_filters.py, rerun in the
+    README): direct 0.020 s at 5x5, 0.054 s at 11x11, 0.077 s at 13x13; FFT about 0.07 s
+    for any kernel, so FFT wins from about 13x13 (169 weights ~ 6 x log2(4.2M pixels)).
+    Integer inputs stay direct (exact); non-finite inputs stay direct (an FFT would
     spread a NaN over the whole output).
     """
     if not xp.is_floating_point() or k.numel() < FFT_MIN_KERNEL:
         return False
     size = math.prod(a + b - 1 for a, b in zip(xp.shape, k.shape, strict=True))
-    if k.numel() <= 2 * math.log2(max(size, 2)):
+    if k.numel() <= FFT_WEIGHTS_PER_LOG2 * math.log2(max(size, 2)):
         return False
     return bool(torch.isfinite(xp).all() and torch.isfinite(k).all())
 
 
-STRIP_ELEMENTS = 32_768  # torch's parallel grain: smaller ops run on one thread, no OpenMP sync
+STRIP_ELEMENTS = 524_288  # output elements per strip (2 MiB float32): see _valid_correlate_direct
 
 
 def _valid_correlate_direct(xp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """out[n] = sum_m w[m] * xp[n + m]: one multiply-add over the input per kernel weight.
 
-    The output is cut into strips of about 32k elements (128 KiB of float32: they stay in
-    the L2 cache while every weight is added in, and each op stays under torch's parallel
-    grain, so no OpenMP barrier per op). Measured on 2048x2048 float32 with 3x3 on the
-    shared 2-core box: 0.047 s for strips vs 0.076 s for whole-image passes and 0.073 s for
-    strips spread over 2 Python threads, so strips run on one thread.
+    The output is cut into strips of about 512k elements (2 MiB of float32); each op is
+    above torch's parallel grain, so both cores share it, and the strip stays in cache
+    while every weight is added in. Measured on 2048x2048 float32, 2 cores, idle machine:
+    3x3 in 0.011-0.030 s and 5x5 in 0.017-0.022 s with 512k-element strips, vs 0.027 s
+    and 0.058 s with 32k-element strips (single-threaded ops) and 0.022 s and 0.045 s for
+    whole-image passes.
     """
     out_shape = [a - b + 1 for a, b in zip(xp.shape, w.shape, strict=True)]
     out = torch.empty(out_shape, dtype=xp.dtype, device=xp.device)
