@@ -38,3 +38,9 @@ test: $(DEVSTAMP) lint
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+
+# Side-by-side training benchmark (issue 5): Keras (own venv) vs plain PyTorch vs cnnlab.
+# Long (over an hour on 2 cores): run by hand on a quiet machine, never in CI.
+bench: $(DEVSTAMP)
+	bash benchmarks/setup_keras_env.sh
+	$(BIN)/python benchmarks/bench_train.py --out benchmarks/results/$$(date +%F)

@@ -22,6 +22,15 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "p.json", {})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(tmp_path / "p.json").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
 def test_read_image_modes(tmp_path, mode):
     rng = np.random.default_rng(0)
