@@ -11,7 +11,6 @@ All timings are best-of-N wall clock in this process; "same" mode, zero border.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
+from cnnlab.runtime import physical_cores
 from cnnlab.signal import convolve
 
 
@@ -31,23 +31,6 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return min(times), out
-
-
-def physical_cores() -> int:
-    """Physical cores (siblings counted once) from /proc/cpuinfo, else os.cpu_count()."""
-    try:
-        pairs = set()
-        phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    pairs.add((phys, core))
-        return max(len(pairs), 1)
-    except OSError:
-        return os.cpu_count() or 1
 
 
 def main() -> None:
@@ -62,7 +45,7 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    threads = min(physical_cores(), os.cpu_count() or 1)
+    threads = physical_cores()
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     x = rng.random((args.size, args.size), dtype=np.float32)

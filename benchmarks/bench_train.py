@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
 import json
 import os
 import platform
@@ -69,8 +68,6 @@ TASKS = {
 }
 TARGETS = {"mnist": 0.35, "neu": 0.5}  # issue 5: cnnlab wall time <= target x Keras wall time
 PREFIX = {"mnist": "MNIST", "neu": "NEU"}
-# The notes' class order: name = ['scratches', 'rolled-in scale', 'pitted surface', ...]
-NEU_CLASSES = ("scratches", "rolled-in_scale", "pitted_surface", "patches", "inclusion", "crazing")
 
 
 def forward_flops(arch: Arch) -> int:
@@ -104,116 +101,22 @@ def training_flops(arch: Arch, images: int) -> int:
 # ---------------------------------------------------------------- data export
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally .gz): uint8 images (N,H,W) or labels (N,)."""
-    from cnnlab.errors import CnnlabError
+def cnnlab_arrays(task: str, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Train/test arrays for `task` from cnnlab's loader (`cnnlab.data.load_dataset`).
 
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise CnnlabError("file not found", path) from None
-    except (OSError, EOFError) as e:
-        raise CnnlabError(f"cannot read IDX file ({e})", path) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise CnnlabError("not an unsigned-byte IDX file (bad magic number)", path)
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise CnnlabError("truncated IDX header", path)
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape))
-    if len(raw) - header != count:
-        raise CnnlabError(
-            f"IDX header says {count} bytes of data for shape {shape}, file has "
-            f"{len(raw) - header}",
-            path,
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def mnist_arrays(root: Path) -> dict[str, np.ndarray]:
-    """The 4 MNIST IDX(.gz) files under `root` -> train/test images (N,28,28) and labels."""
-    names = {
-        "train_x": "train-images-idx3-ubyte",
-        "train_y": "train-labels-idx1-ubyte",
-        "test_x": "t10k-images-idx3-ubyte",
-        "test_y": "t10k-labels-idx1-ubyte",
-    }
-    out = {}
-    for key, name in names.items():
-        path = root / f"{name}.gz"
-        out[key] = read_idx(path if path.exists() or not (root / name).exists() else root / name)
-    return out
-
-
-def stratified_split(
-    labels: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class random split: round(test_fraction * n_class) of each class go to test.
-
-    Both index arrays come back shuffled (seeded), so a prefix is a fair subset.
+    MNIST: the files' own 60000/10000 split in file order, images (N,28,28). NEU: the
+    loader's stratified 80/20 split with `seed` (1152/288 for seed 0), images (N,200,200,1),
+    labels renumbered to the notes' class order (`LECTURE_ORDER`), which keras_lecture.py
+    expects. Reads $CNNLAB_DATA and never downloads.
     """
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        k = round(test_fraction * len(idx))
-        test.append(idx[:k])
-        train.append(idx[k:])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    from cnnlab.data import load_dataset
+    from cnnlab.data.neu import LECTURE_ORDER
 
-
-def neu_arrays(root: Path, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """NEU-DET IMAGES/*.jpg under `root` -> stratified 80/20 split, uint8 (N,200,200,1).
-
-    Labels follow the notes' class order (NEU_CLASSES), read from the file-name prefix
-    ("rolled-in_scale_12.jpg" -> 1).
-    """
-    from cnnlab.errors import CnnlabError
-    from cnnlab.images import read_image
-
-    folder = root / "IMAGES"
-    files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
-    if not files:
-        raise CnnlabError("no NEU-DET images (*.jpg) found", folder)
-    images, labels = [], []
-    for path in files:
-        prefix = path.stem.rsplit("_", 1)[0]
-        if prefix not in NEU_CLASSES:
-            raise CnnlabError(
-                f"file name does not start with a NEU class ({', '.join(NEU_CLASSES)})", path
-            )
-        img = read_image(path, "L")
-        if img.shape != (200, 200):
-            raise CnnlabError(f"expected a 200x200 image, got {img.shape[1]}x{img.shape[0]}", path)
-        images.append(img)
-        labels.append(NEU_CLASSES.index(prefix))
-    x = np.stack(images)[..., None]
-    y = np.asarray(labels, dtype=np.uint8)
-    tr, te = stratified_split(y, test_fraction=0.2, seed=seed)
-    return {"train_x": x[tr], "train_y": y[tr], "test_x": x[te], "test_y": y[te]}
-
-
-def _norm(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-def cnnlab_arrays(task: str) -> dict[str, np.ndarray]:
-    """The same arrays from cnnlab's own loader (`cnnlab.data.load_dataset`), when it exists.
-
-    Raises ImportError / any error when the loader is missing or its result does not fit;
-    the caller then falls back to this file's readers.
-    """
-    from cnnlab.data import load_dataset  # not there until the loaders land
-
-    ds = load_dataset(task, download=False)  # a benchmark never fetches data
+    ds = load_dataset(task, seed=seed, download=False)  # a benchmark never fetches data
     out: dict[str, np.ndarray] = {}
     remap = None
-    if task == "neu":  # map cnnlab's class indices onto the notes' order
-        order = [_norm(c) for c in NEU_CLASSES]
-        remap = np.array([order.index(_norm(c)) for c in ds.class_names], dtype=np.uint8)
+    if task == "neu":  # cnnlab's class index -> the notes' index
+        remap = np.array([LECTURE_ORDER.index(c) for c in ds.class_names], dtype=np.uint8)
     for split in ("train", "test"):
         part = ds.split(split)
         x = part.images.numpy()  # (N, 1, H, W) uint8
@@ -223,38 +126,20 @@ def cnnlab_arrays(task: str) -> dict[str, np.ndarray]:
     return out
 
 
-def export_task(
-    task: str,
-    data_root: Path,
-    out_dir: Path,
-    *,
-    subset: int | None = None,
-    seed: int = 0,
-    use_cnnlab: bool = True,
-) -> dict:
+def export_task(task: str, out_dir: Path, *, subset: int | None = None, seed: int = 0) -> dict:
     """Write PREFIX_{train,test}_{imgs,labels}.npy for `task` into `out_dir`; return a summary.
 
-    `subset` keeps at most that many train and that many test images (a seeded random pick,
-    for smoke runs). cnnlab's loader is used when importable, else the readers above.
+    The data come from cnnlab's loader (`cnnlab_arrays`, reading $CNNLAB_DATA). `subset`
+    keeps at most that many train and that many test images (a seeded random pick, for
+    smoke runs).
 
     Examples
     --------
-    >>> info = export_task("mnist", Path("/data"), Path("/tmp/x"), subset=100)  # doctest: +SKIP
+    >>> info = export_task("mnist", Path("/tmp/x"), subset=100)  # doctest: +SKIP
     >>> info["n_train"], info["files"]["train_x"]  # doctest: +SKIP
     (100, '/tmp/x/MNIST_train_imgs.npy')
     """
-    arrays, source = None, "bench_train readers"
-    if use_cnnlab:
-        try:
-            arrays, source = cnnlab_arrays(task), "cnnlab.data.load_dataset"
-        except Exception as e:  # the loader is optional here: fall back, but say why
-            source = f"bench_train readers (cnnlab loader unavailable: {type(e).__name__})"
-    if arrays is None:
-        arrays = (
-            mnist_arrays(data_root / "mnist")
-            if task == "mnist"
-            else neu_arrays(data_root / "neu-det", seed=seed)
-        )
+    arrays = cnnlab_arrays(task, seed=seed)
     if subset is not None:
         rng = np.random.default_rng(seed)
         for split in ("train", "test"):
@@ -271,7 +156,7 @@ def export_task(
         files[key] = str(path)
     return {
         "task": task,
-        "source": source,
+        "source": "cnnlab.data.load_dataset",
         "n_train": len(arrays["train_y"]),
         "n_test": len(arrays["test_y"]),
         "image_shape": list(arrays["train_x"].shape[1:]),
@@ -535,11 +420,10 @@ def run_bench(args: argparse.Namespace) -> dict:
     import peak as peak_mod
     import torch
 
-    from cnnlab.paths import data_root
+    from cnnlab.runtime import physical_cores
 
-    if args.data:  # cnnlab's loader and `cnnlab train` read $CNNLAB_DATA: point them there too
+    if args.data:  # cnnlab's loader and `cnnlab train` read $CNNLAB_DATA
         os.environ["CNNLAB_DATA"] = str(Path(args.data).resolve())
-    root = data_root()
     contestants = [c for c in args.contestants if c not in args.skip]
     if "keras" in contestants:
         ensure_keras_env()
@@ -550,14 +434,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         infos = {}
         for task in args.only:
             t0 = time.perf_counter()
-            infos[task] = export_task(
-                task,
-                root,
-                work / task,
-                subset=args.subset,
-                seed=args.seed,
-                use_cnnlab=not args.no_cnnlab_loader,
-            )
+            infos[task] = export_task(task, work / task, subset=args.subset, seed=args.seed)
             infos[task]["export_s"] = time.perf_counter() - t0
             print(
                 f"exported {task}: {infos[task]['n_train']} train / {infos[task]['n_test']} "
@@ -572,7 +449,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                 "date": dt.datetime.now().isoformat(timespec="seconds"),
                 "cpu": cpu_model(),
                 "logical_cpus": os.cpu_count(),
-                "physical_cores": peak_mod.physical_cores(),
+                "physical_cores": physical_cores(),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "tensorflow": tf_version() if "keras" in contestants else None,
@@ -662,11 +539,6 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[2048, 4096],
         help="matmul sizes for the peak measurement",
-    )
-    p.add_argument(
-        "--no-cnnlab-loader",
-        action="store_true",
-        help="export with this file's readers even when cnnlab's loader exists",
     )
     p.add_argument(
         "--timeout", type=float, default=7200, help="seconds per contestant before it is stopped"

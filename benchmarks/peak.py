@@ -13,29 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
+from cnnlab.runtime import physical_cores
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROBE_N = 256  # probe matmul size: milliseconds in fp32, well under a second in slow bf16
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-thread siblings counted once)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    cores = set()
-    for cpu in cpus:
-        sib = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(sib.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores) or (os.cpu_count() or 1))
 
 
 def matmul_gflops(

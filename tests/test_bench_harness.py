@@ -1,4 +1,4 @@
-"""Light checks of the benchmark harness (benchmarks/): FLOP counts, peak, data exporters.
+"""Light checks of the benchmark harness (benchmarks/): FLOP counts, peak, data export.
 
 No TensorFlow and no timed assertions here: the benchmark itself is run by hand.
 """
@@ -113,6 +113,7 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 
 def _fake_mnist(root: Path, n_train: int = 30, n_test: int = 12) -> dict[str, np.ndarray]:
+    """The four MNIST IDX .gz files under `root` (tiny, random); returns their arrays."""
     rng = np.random.default_rng(1)
     arrays = {
         "train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -128,36 +129,57 @@ def _fake_mnist(root: Path, n_train: int = 30, n_test: int = 12) -> dict[str, np
     return arrays
 
 
-def test_read_idx_roundtrip_and_errors(tmp_path):
-    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    _write_idx(tmp_path / "a.gz", arr)
-    np.testing.assert_array_equal(bench.read_idx(tmp_path / "a.gz"), arr)
-
-    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + b"\x00" * 8))
-    with pytest.raises(CnnlabError, match="magic"):
-        bench.read_idx(tmp_path / "bad.gz")
-    raw = gzip.decompress((tmp_path / "a.gz").read_bytes())
-    (tmp_path / "short.gz").write_bytes(gzip.compress(raw[:-5]))
-    with pytest.raises(CnnlabError, match="header says 24 bytes"):
-        bench.read_idx(tmp_path / "short.gz")
-    with pytest.raises(CnnlabError, match="not found"):
-        bench.read_idx(tmp_path / "missing.gz")
+# The notes' class order (keras_lecture.py's label k is the k-th name), written out here
+# rather than imported so the test checks cnnlab's LECTURE_ORDER too.
+LECTURE = ["scratches", "rolled-in_scale", "pitted_surface", "patches", "inclusion", "crazing"]
+VOC = (
+    "<annotation><filename>{name}</filename><size><width>{s}</width><height>{s}</height>"
+    "<depth>1</depth></size><object><name>{cls}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+    "<xmax>8</xmax><ymax>8</ymax></bndbox></object></annotation>"
+)
 
 
-def test_export_mnist_writes_the_arrays_the_scripts_load(tmp_path):
+def _fake_neu_det(root: Path, per_class: int = 5, side: int = 24) -> dict[str, int]:
+    """A tiny NEU-DET layout: IMAGES/<class>_<i>.jpg (flat gray) + ANNOTATIONS/<stem>.xml.
+
+    Every image is one flat gray value, unique per file, so an exported image can be traced
+    back to its file despite JPEG; returns {gray value: class name index in LECTURE}.
+    """
+    (root / "IMAGES").mkdir(parents=True)
+    (root / "ANNOTATIONS").mkdir()
+    value_to_class = {}
+    for k, cls in enumerate(sorted(LECTURE)):  # alphabetical, as NEU-DET lists them
+        for i in range(1, per_class + 1):
+            value = 8 * (k * per_class + i - 1) + 4
+            name = f"{cls}_{i}.jpg"
+            Image.fromarray(np.full((side, side), value, np.uint8)).save(root / "IMAGES" / name)
+            xml = VOC.format(name=name, s=side, cls=cls)
+            (root / "ANNOTATIONS" / f"{cls}_{i}.xml").write_text(xml)
+            value_to_class[value] = LECTURE.index(cls)
+    return value_to_class
+
+
+def test_export_mnist_writes_the_arrays_the_scripts_load(tmp_path, monkeypatch):
+    """MNIST through cnnlab's loader: the files' own split, in file order, bytes unchanged."""
     arrays = _fake_mnist(tmp_path / "data" / "mnist")
-    info = bench.export_task("mnist", tmp_path / "data", tmp_path / "out", use_cnnlab=False)
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "data"))
+    info = bench.export_task("mnist", tmp_path / "out")
+    assert info["source"] == "cnnlab.data.load_dataset"
     assert (info["n_train"], info["n_test"]) == (30, 12)
+    assert info["image_shape"] == [28, 28]
     assert Path(info["files"]["train_x"]).name == "MNIST_train_imgs.npy"
+    assert Path(info["files"]["test_y"]).name == "MNIST_test_labels.npy"
     for key, expected in arrays.items():
         got = np.load(info["files"][key], allow_pickle=False)
+        assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, expected)
 
 
-def test_export_subset_is_a_seeded_subset(tmp_path):
+def test_export_subset_is_a_seeded_subset(tmp_path, monkeypatch):
     arrays = _fake_mnist(tmp_path / "data" / "mnist")
-    a = bench.export_task("mnist", tmp_path / "data", tmp_path / "a", subset=7, use_cnnlab=False)
-    b = bench.export_task("mnist", tmp_path / "data", tmp_path / "b", subset=7, use_cnnlab=False)
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "data"))
+    a = bench.export_task("mnist", tmp_path / "a", subset=7)
+    b = bench.export_task("mnist", tmp_path / "b", subset=7)
     assert (a["n_train"], a["n_test"]) == (7, 7)
     xa = np.load(a["files"]["train_x"])
     np.testing.assert_array_equal(xa, np.load(b["files"]["train_x"]))
@@ -166,54 +188,58 @@ def test_export_subset_is_a_seeded_subset(tmp_path):
     for img, lab in zip(xa, ya, strict=True):
         (hit,) = np.flatnonzero((arrays["train_x"] == img).all(axis=(1, 2)))
         assert arrays["train_y"][hit] == lab
+    big = bench.export_task("mnist", tmp_path / "c", subset=1000)  # larger than the data
+    assert (big["n_train"], big["n_test"]) == (30, 12)
 
 
-def test_stratified_split_neu_sizes():
-    labels = np.repeat(np.arange(6), 240)
-    tr, te = bench.stratified_split(labels, test_fraction=0.2, seed=0)
-    assert (len(tr), len(te)) == (1152, 288)
-    assert np.bincount(labels[te]).tolist() == [48] * 6
-    assert sorted(np.concatenate([tr, te]).tolist()) == list(range(1440))
-    _, te2 = bench.stratified_split(labels, test_fraction=0.2, seed=0)
-    np.testing.assert_array_equal(te, te2)
-
-
-def test_neu_reader_labels_in_lecture_order(tmp_path):
-    folder = tmp_path / "neu-det" / "IMAGES"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    for cls in bench.NEU_CLASSES:
-        for i in range(1, 6):
-            gray = rng.integers(0, 256, (200, 200), dtype=np.uint8)
-            Image.fromarray(gray).save(folder / f"{cls}_{i}.jpg", quality=90)
-    info = bench.export_task("neu", tmp_path, tmp_path / "out", use_cnnlab=False)
-    assert (info["n_train"], info["n_test"]) == (24, 6)  # round(0.2 * 5) = 1 per class in test
+def test_export_neu_labels_in_lecture_order(tmp_path, monkeypatch):
+    """NEU-DET through cnnlab's loader: stratified 80/20, (N,H,W,1) uint8, notes' label order."""
+    value_to_class = _fake_neu_det(tmp_path / "neu-det")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    info = bench.export_task("neu", tmp_path / "out")
+    assert (info["n_train"], info["n_test"]) == (24, 6)  # 1 of 5 per class in test
+    assert info["image_shape"] == [24, 24, 1]
     assert Path(info["files"]["train_x"]).name == "NEU_train_imgs.npy"
-    x = np.load(info["files"]["test_x"])
-    y = np.load(info["files"]["test_y"])
-    assert x.shape == (6, 200, 200, 1) and x.dtype == np.uint8
-    assert sorted(y.tolist()) == [0, 1, 2, 3, 4, 5]
-    # label k must be the k-th name of the notes' list: find each test image's source file
-    sources = {f: np.asarray(Image.open(f).convert("L")) for f in sorted(folder.glob("*.jpg"))}
-    for img, lab in zip(x[..., 0], y, strict=True):
-        (src,) = [f for f, a in sources.items() if np.array_equal(a, img)]
-        assert src.stem.rsplit("_", 1)[0] == bench.NEU_CLASSES[lab]
-    assert bench.NEU_CLASSES[1] == "rolled-in_scale"
+    seen = set()
+    for split, n in (("train", 24), ("test", 6)):
+        x = np.load(info["files"][f"{split}_x"], allow_pickle=False)
+        y = np.load(info["files"][f"{split}_y"], allow_pickle=False)
+        assert x.shape == (n, 24, 24, 1) and x.dtype == np.uint8
+        assert y.shape == (n,) and y.dtype == np.uint8
+        assert np.bincount(y, minlength=6).tolist() == [n // 6] * 6
+        # label k must be the k-th name of the notes' list: trace each image to its file
+        for img, lab in zip(x[..., 0], y, strict=True):
+            value = min(value_to_class, key=lambda v: abs(v - float(img.mean())))
+            assert abs(float(img.mean()) - value) < 2
+            assert value_to_class[value] == lab, (value, LECTURE[lab])
+            seen.add(value)
+    assert len(seen) == 30  # every file exported once
 
 
-def test_neu_reader_errors(tmp_path):
-    with pytest.raises(CnnlabError, match="no NEU-DET images"):
-        bench.neu_arrays(tmp_path)
-    (tmp_path / "IMAGES").mkdir()
-    Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "IMAGES" / "rust_1.jpg")
-    with pytest.raises(CnnlabError, match="NEU class"):
-        bench.neu_arrays(tmp_path)
+def test_export_neu_split_and_subset_follow_seed(tmp_path, monkeypatch):
+    _fake_neu_det(tmp_path / "neu-det")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    a = bench.export_task("neu", tmp_path / "a", seed=0)
+    b = bench.export_task("neu", tmp_path / "b", seed=0)
+    np.testing.assert_array_equal(np.load(a["files"]["test_x"]), np.load(b["files"]["test_x"]))
+    sub = bench.export_task("neu", tmp_path / "c", subset=4, seed=0)
+    assert (sub["n_train"], sub["n_test"]) == (4, 4)
+
+
+def test_export_missing_data_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    with pytest.raises(CnnlabError, match="download disabled"):
+        bench.export_task("mnist", tmp_path / "out")
+    with pytest.raises(CnnlabError, match="NEU data not found"):
+        bench.export_task("neu", tmp_path / "out")
 
 
 @pytest.mark.realdata
-def test_real_neu_export_counts(real_data, tmp_path):
-    info = bench.export_task("neu", real_data, tmp_path, use_cnnlab=False)
+def test_real_neu_export_counts(real_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(real_data))
+    info = bench.export_task("neu", tmp_path)
     assert (info["n_train"], info["n_test"]) == (1152, 288)
+    assert info["image_shape"] == [200, 200, 1]
     y = np.load(info["files"]["test_y"])
     assert np.bincount(y).tolist() == [48] * 6
 
