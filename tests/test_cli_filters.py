@@ -131,3 +131,9 @@ def test_bad_inputs_exit_2_and_write_nothing(cli, image, tmp_path):
     assert not out.exists() and not (tmp_path / "g.png").exists()
     r = cli("convolve", "--signal", "1,2,3", "--kernel", "1,2;3,4")
     _assert_clean_failure(r, "more than the signal")
+
+
+def test_bad_signal_is_named_as_signal(cli):
+    r = cli("convolve", "--signal", "1,2,nan", "--kernel", "1,2")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "cnnlab: error: signal '1,2,nan': signal has NaN or infinite entries"

@@ -161,7 +161,10 @@ def _convolve(args: argparse.Namespace) -> int:
     from cnnlab.filters import get_kernel
     from cnnlab.signal import convolve, correlate, explain_convolution, format_steps
 
-    signal = get_kernel(args.signal).weights
+    try:  # the signal is parsed like an inline kernel; say "signal" in its errors
+        signal = get_kernel(args.signal).weights
+    except CnnlabError as e:
+        raise CnnlabError(str(e).replace("kernel", "signal")) from None
     kernel = get_kernel(args.kernel).weights
     if kernel.ndim > signal.ndim:
         raise CnnlabError(
