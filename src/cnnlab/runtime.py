@@ -105,8 +105,8 @@ def setup(
 ) -> Runtime:
     """Set threads once and pick the device; defaults are what measured fastest.
 
-    channels_last: None = on (seed-mnist training on 2 Zen3 cores: 1384 vs 1177 images/s
-    channels_last vs NCHW, median of 4 interleaved 2000-image epochs; on CUDA it feeds the
+    channels_last: None = on (seed-mnist training on 2 Zen3 cores: median 1846 vs 1461
+    images/s channels_last vs NCHW, benchmarks/bench_channels_last.py; on CUDA it feeds the
     tensor cores). bf16: None = on for CUDA, on for CPUs with native bf16, off
     otherwise (emulated bf16 is several times slower than float32 on AVX2-only CPUs).
     """

@@ -37,15 +37,10 @@ def run_demo(
     """
     out = Path(out)
     plots: dict[str, str] = {}
-    try:
-        from cnnlab.filters import demo_gallery
-    except ImportError:
-        log("filter gallery skipped: cnnlab.filters.demo_gallery is not available yet")
-    else:
-        log("step 1/4: filter gallery (the notes' hand-made kernels)")
-        gallery = demo_gallery(out / "filters")
-        if gallery:
-            plots["filters"] = str(gallery)
+    from cnnlab.filters import demo_gallery
+
+    log("step 1/4: filter gallery (the notes' hand-made kernels)")
+    plots["filters"] = str(demo_gallery(out / "filters"))
 
     log("step 2/4: train seed-mnist with the notes' recipe (Adam, lr 1e-3, batch 50, x/255)")
     cfg = TrainConfig(
