@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cnnlab.cli.common import add_command, print_json
 
@@ -120,7 +119,7 @@ def _filter(args: argparse.Namespace) -> int:
         scaling=args.scale,
         raw=args.raw,
         gallery=args.gallery,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,
     )
     if args.json:
         print_json(summary)

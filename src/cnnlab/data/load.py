@@ -24,6 +24,7 @@ from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.images import open_image, pil_to_array
 from cnnlab.paths import data_root
+from cnnlab.progress import progress_bar
 
 DATASET_NAMES = ("mnist", "neu")
 
@@ -76,35 +77,36 @@ def load_dataset(
 ) -> ImageDataset:
     """Load a dataset from a name ("mnist", "neu") or a path into one in-memory `ImageDataset`.
 
-    Always returns splits "train" and "test" (and "val" when `val_split` > 0 or the data
-    has its own validation split).
+        Always returns splits "train" and "test" (and "val" when `val_split` > 0 or the data
+        has its own validation split).
 
-    Parameters
-    ----------
-    spec : "mnist", "neu", or a folder / .npy file in any accepted layout (MNIST IDX files,
-        NEU-CLS, NEU-DET, class-per-folder with optional train/val/test folders, .npy pairs).
-    channels : 1 or 3; None keeps the data's own (1 when every image is gray, else 3).
-    size : (H, W) to resize to; None keeps the native size, and a set of mixed sizes is
-        resized to its most common size (a note says so).
-    seed, test_split : the stratified train/test split used only when the data has no test
-        split of its own (default 80/20).
-    val_split : fraction of train carved out as a stratified "val" split.
-    cache : reuse / store decoded images in `$CNNLAB_CACHE` (keyed by file contents).
-    progress : tqdm bar on stderr while decoding (only when stderr is a terminal).
-    skip_bad : skip unreadable images with a note instead of failing on the first one.
-    download : allow downloading MNIST when "mnist" is asked for and missing.
+        Parameters
+        ----------
+        spec : "mnist", "neu", or a folder / .npy file in any accepted layout (MNIST IDX files,
+            NEU-CLS, NEU-DET, class-per-folder with optional train/val/test folders, .npy pairs).
+        channels : 1 or 3; None keeps the data's own (1 when every image is gray, else 3).
+        size : (H, W) to resize to; None keeps the native size, and a set of mixed sizes is
+            resized to its most common size (a note says so).
+        seed, test_split : the stratified train/test split used only when the data has no test
+            split of its own (default 80/20).
+        val_split : fraction of train carved out as a stratified "val" split.
+        cache : reuse / store decoded images in `$CNNLAB_CACHE` (keyed by file contents).
+        progress : tqdm bar on stderr while decoding (only when stderr is a terminal).
+        skip_bad : skip unreadable images with a note instead of failing on the first one.
+        download : allow downloading MNIST when "mnist" is asked for and missing.
 
-    Examples
-    --------
-    >>> import numpy as np, tempfile, pathlib
-    >>> from cnnlab.images import write_image
-    >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> for c in ("cat", "dog"):
-    ...     for i in range(5):
-    ...         _ = write_image(root / c / f"{i}.png", np.full((8, 6), i, np.uint8))
-    >>> ds = load_dataset(root, cache=False, progress=False)
-    >>> ds.class_names, tuple(ds.images.shape), len(ds.split("test"))
-    (['cat', 'dog'], (10, 1, 8, 6), 2)
+        Examples
+        --------
+        >>> import numpy as np, tempfile, pathlib
+        >>> from cnnlab.progress import progress_bar
+    from cnnlab.images import write_image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     for i in range(5):
+        ...         _ = write_image(root / c / f"{i}.png", np.full((8, 6), i, np.uint8))
+        >>> ds = load_dataset(root, cache=False, progress=False)
+        >>> ds.class_names, tuple(ds.images.shape), len(ds.split("test"))
+        (['cat', 'dog'], (10, 1, 8, 6), 2)
     """
     if channels not in (None, 1, 3):
         raise CnnlabError(f"channels must be 1 or 3, got {channels}")
@@ -207,7 +209,7 @@ def cache_key(
             "size": list(size) if size else None, "skip_bad": skip_bad}  # fmt: skip
     h.update(json.dumps(opts, sort_keys=True).encode())
     files = sorted(src.content_files, key=lambda p: p.relative_to(src.root).as_posix())
-    for p in _progress(files, progress, "hashing"):
+    for p in progress_bar(files, desc="hashing", enabled=progress and len(files) >= SMALL):
         try:
             data = p.read_bytes()
         except OSError as e:
@@ -219,12 +221,7 @@ def cache_key(
     return h.hexdigest()
 
 
-def _progress(items: list, enabled: bool, desc: str):  # type: ignore[no-untyped-def]
-    if not enabled or not sys.stderr.isatty() or len(items) < 200:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, file=sys.stderr, leave=False, unit="img")
+SMALL = 200  # files below which a bar would only flicker
 
 
 GRAY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F")
@@ -247,7 +244,9 @@ def decode_files(
     decoded: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
-    for i, p in enumerate(_progress(src.paths, progress, "decoding")):
+    for i, p in enumerate(
+        progress_bar(src.paths, desc="decoding", enabled=progress and len(src.paths) >= SMALL)
+    ):
         try:
             img = open_image(p)
         except CnnlabError as e:

@@ -131,7 +131,7 @@ def apply_filters(
     progress: bool = False,
 ) -> list[FilterResult]:
     """Apply each kernel spec to the image; all specs are resolved (and checked) before any work."""
-    from tqdm import tqdm
+    from cnnlab.progress import progress_bar
 
     if not kernels:
         raise CnnlabError("give at least one kernel")
@@ -140,7 +140,7 @@ def apply_filters(
     resolved = [(s, s if s in OPERATIONS else get_kernel(s)) for s in kernels]
     depth = np.uint16 if image.dtype == np.uint16 else np.uint8
     results = []
-    for spec, kernel in tqdm(resolved, desc="filtering", disable=not progress, leave=False):
+    for spec, kernel in progress_bar(resolved, desc="filtering", enabled=progress, unit="kernel"):
         raw = filter_image(image, kernel, mode=mode, boundary=boundary)
         name = spec if isinstance(kernel, str) else kernel.name
         results.append(FilterResult(name, raw, to_display(raw, scaling, depth)))

@@ -9,7 +9,6 @@ evaluation runs it at its own size so every image counts.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.progress import progress_bar
 from cnnlab.runtime import Runtime
 
 PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels -> [0, 1], the notes' `train_x / 255.0`
@@ -29,21 +29,6 @@ def to_input(batch_u8: torch.Tensor, runtime: Runtime | None = None) -> torch.Te
     if runtime is not None and runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="img",
-        unit_scale=True,
-        leave=True,
-        file=sys.stderr,
-        disable=not enabled or not sys.stderr.isatty(),
-        dynamic_ncols=True,
-    )
 
 
 def train_one_epoch(
@@ -73,7 +58,9 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=images_u8.device)
     correct = torch.zeros((), dtype=torch.int64, device=images_u8.device)
     t0 = time.perf_counter()
-    with _progress(steps * bs, desc, progress) as bar:
+    with progress_bar(
+        desc=desc, enabled=progress, total=steps * bs, unit_scale=True, leave=True
+    ) as bar:
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
             x = to_input(images_u8[idx], runtime)
