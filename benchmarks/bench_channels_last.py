@@ -35,9 +35,7 @@ def main() -> None:
     state = {}
     for cl in (False, True):
         rt = setup("cpu", channels_last=cl, bf16=False)
-        model = create_model("seed-mnist")
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
+        model = rt.place(create_model("seed-mnist"))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS)
         gen = torch.Generator().manual_seed(0)
         state[cl] = (rt, model, opt, gen)

@@ -78,6 +78,20 @@ def test_evaluate_json_reapplies_the_run_split(cli, cli_run, tmp_path: Path) -> 
     assert sum(map(sum, report["confusion_matrix"])) == 24
     assert (tmp_path / "confusion_matrix.png").is_file()
     assert (tmp_path / "misclassified.png").is_file()
+    # the model file alone, inside its run folder, still brings the run's split
+    proc = cli(
+        "evaluate",
+        str(run / "model.safetensors"),
+        "--data",
+        str(data),
+        "--json",
+        "--out-dir",
+        str(tmp_path / "by-file"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_file = json.loads(proc.stdout)
+    assert "split.json" in by_file["split_source"]
+    assert by_file["confusion_matrix"] == report["confusion_matrix"]
     proc = cli("evaluate", str(run / "model.safetensors"), "--data", str(data), "--split", "all")
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout and "on 120 images" in proc.stdout

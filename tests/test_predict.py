@@ -35,7 +35,7 @@ def _reference_probs(run: Path, files: list[Path]) -> np.ndarray:
 def test_predict_files_match_a_plain_forward_pass(tiny_run: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     files = [write_image(tmp_path / f"{i}.png", bar_image(i % 3, 16, rng)) for i in range(6)]
-    results = predict_files(tiny_run, files, top_k=2)
+    results = predict_files(tiny_run, files, top_k=2, device="cpu")
     ref = _reference_probs(tiny_run, files)
     for r, p in zip(results, ref, strict=True):
         got = np.array([r["probabilities"][c] for c in CLASSES])

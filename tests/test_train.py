@@ -115,7 +115,7 @@ def test_same_seed_gives_bit_identical_weights(tmp_path: Path) -> None:
 
 
 def test_train_one_epoch_drops_last_partial_batch_and_updates() -> None:
-    rt = setup("cpu")
+    rt = setup("cpu", bf16=False)  # float32, whatever the CPU
     torch.manual_seed(0)
     model = create_model("seed-mnist", num_classes=3, image_size=(12, 12))
     before = [p.detach().clone() for p in model.parameters()]
@@ -136,9 +136,56 @@ def test_train_one_epoch_drops_last_partial_batch_and_updates() -> None:
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_train_one_epoch_reports_the_mean_batch_loss() -> None:
+    """lr=0 keeps the weights fixed, so loss and accuracy must equal a hand computation over
+    the same seeded permutation: two batches of 50, the last 5 images dropped."""
+    rt = setup("cpu", bf16=False, channels_last=False)
+    torch.manual_seed(0)
+    model = create_model("seed-mnist", num_classes=3, image_size=(12, 12))
+    x = torch.randint(0, 256, (105, 1, 12, 12), dtype=torch.uint8)
+    y = torch.randint(0, 3, (105,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    gen = torch.Generator().manual_seed(0)
+    out = train_one_epoch(model, x, y, optimizer=opt, batch_size=50, generator=gen, runtime=rt)
+    perm = torch.randperm(105, generator=torch.Generator().manual_seed(0))
+    batches = [perm[:50], perm[50:100]]
+    with torch.no_grad():
+        logits = [model(x[b].double().div(255).float()) for b in batches]
+    losses = [F.cross_entropy(lg, y[b]).item() for lg, b in zip(logits, batches, strict=True)]
+    hits = sum((lg.argmax(1) == y[b]).sum().item() for lg, b in zip(logits, batches, strict=True))
+    assert out["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert out["accuracy"] == hits / 100
+
+
+def test_nan_validation_loss_still_leaves_a_model(tmp_path: Path, monkeypatch) -> None:
+    """A diverged run (NaN val loss every epoch) keeps its last weights as the model."""
+    import cnnlab.train.run as run_mod
+
+    real = run_mod.evaluate
+
+    def nan_loss(*args, **kwargs):
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(run_mod, "evaluate", nan_loss)
+    cfg = TrainConfig(
+        data="x",
+        model="seed-mnist",
+        epochs=2,
+        batch_size=20,
+        val_split=0.2,
+        out=str(tmp_path / "nan"),
+        device="cpu",
+    )
+    res = train(cfg, bars_dataset(120, 16), progress=False, log=lambda _m: None)
+    assert res.best_epoch == 2
+    best = load_file(tmp_path / "nan" / "model.safetensors")
+    last, _ = read_safetensors(tmp_path / "nan" / "last.safetensors")
+    assert torch.equal(best["fc2.weight"], last["model.fc2.weight"])
+
+
 def test_evaluate_matches_a_plain_forward_pass() -> None:
     """Batched evaluation (last batch at its own size) = one big float forward pass."""
-    rt = setup("cpu")
+    rt = setup("cpu", bf16=False)  # float32, whatever the CPU
     torch.manual_seed(0)
     model = create_model("seed-mnist", num_classes=3, image_size=(12, 12)).eval()
     x = torch.randint(0, 256, (23, 1, 12, 12), dtype=torch.uint8)

@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import classification_report
-from cnnlab.runtime import setup
+from cnnlab.predict import predict_images
 from cnnlab.train.checkpoint import load_model
-from cnnlab.train.engine import predict_logits
 
 SPLITS = ("test", "val", "train", "all")
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid
@@ -105,7 +103,9 @@ def evaluate_model(
     if split not in SPLITS:
         raise CnnlabError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     model_src = Path(model_src)
-    run_dir = model_src if model_src.is_dir() else None
+    # a model file inside a run folder still brings the run's recorded split with it
+    folder = model_src if model_src.is_dir() else model_src.parent
+    run_dir = folder if (folder / "split.json").is_file() else None
     model, meta = load_model(model_src)
     if isinstance(data, ImageDataset):
         ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
@@ -124,17 +124,14 @@ def evaluate_model(
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
-    rt = setup(device)
-    model = model.to(rt.device)
-    logits = predict_logits(model, part.images, runtime=rt)
-    probs = torch.softmax(logits, dim=1).numpy()
+    probs = predict_images(model, part.images, device=device)
     y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
     report = classification_report(y_true, y_pred, model_classes)
     report.update({"split": split, "split_source": split_note, "model": str(model_src)})
 
     if out_dir is None:
-        base = run_dir if run_dir is not None else model_src.parent
+        base = folder
         out_dir = base / f"eval-{split}"
     out_dir = Path(out_dir)
     if plots:

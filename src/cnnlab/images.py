@@ -90,15 +90,14 @@ def read_image(path: str | Path, mode: Mode = "keep") -> np.ndarray:
 
 
 def write_image(path: str | Path, arr: np.ndarray) -> Path:
-    """Write a uint8 or uint16 HxW / HxWx3 array atomically; the suffix picks the format."""
+    """Write uint8 HxW / HxWx3 or uint16 HxW atomically; the suffix picks the format."""
     path = Path(path)
     arr = np.asarray(arr)
     if arr.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"write_image wants uint8 or uint16, got {arr.dtype}")
-    if arr.dtype == np.uint16 and arr.ndim == 2:
-        img = Image.fromarray(arr)  # mode I;16
-    else:
-        img = Image.fromarray(arr)
+    if arr.dtype == np.uint16 and arr.ndim != 2:
+        raise CnnlabError("16-bit images can only be written as grayscale (HxW)", path)
+    img = Image.fromarray(arr)  # uint16 HxW -> mode I;16
     if not path.suffix:
         raise CnnlabError("output file needs a suffix such as .png", path)
     try:

@@ -47,8 +47,7 @@ def predict_images(
 ) -> np.ndarray:
     """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size."""
     rt = setup(device)
-    model = model.to(rt.device)
-    logits = predict_logits(model, images_u8, runtime=rt)
+    logits = predict_logits(rt.place(model), images_u8, runtime=rt)
     return torch.softmax(logits, dim=1).numpy()
 
 

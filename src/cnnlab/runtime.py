@@ -86,6 +86,13 @@ class Runtime:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
         )
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move a model to this runtime's device and memory format (the one place that does)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
     def describe(self) -> dict[str, object]:
         """A JSON-able record of this runtime, for config.json."""
         return {

@@ -20,6 +20,20 @@ def add_command(
     )
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for image sizes: `28` or `28x32` (H x W) -> (H, W)."""
+    parts = text.lower().split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size wants H or HxW, got '{text}'") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"size wants positive H or HxW, got '{text}'")
+    return vals[0], vals[1]
+
+
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout (machine-readable output for --json)."""
     json.dump(obj, sys.stdout, indent=2, default=_default)

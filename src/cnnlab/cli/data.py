@@ -5,27 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli.common import add_command, print_json
-
-
-def _size(text: str) -> tuple[int, int]:
-    """`28` or `28x28` (H x W) -> (H, W)."""
-    parts = text.lower().split("x")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size wants H or HxW, got '{text}'") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"--size wants positive H or HxW, got '{text}'")
-    return vals[0], vals[1]
+from cnnlab.cli.common import add_command, parse_size, print_json
 
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", help="'mnist', 'neu', or a dataset folder / .npy file")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
-    p.add_argument("--size", type=_size, help="resize to H or HxW pixels")
+    p.add_argument("--size", type=parse_size, help="resize to H or HxW pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
     p.add_argument("--test-split", type=float, default=0.2,
                    help="test fraction when the data has no test split (default 0.2)")  # fmt: skip

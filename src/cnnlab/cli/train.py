@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli.common import add_command, print_json
+from cnnlab.cli.common import add_command, parse_size, print_json
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -60,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto: weight the loss by n/(k*count) per class for unbalanced data",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if present")
-    p.add_argument("--image-size", type=_size, help="resize images to HxW (default: as stored)")
+    p.add_argument(
+        "--image-size", type=parse_size, help="resize images to HxW (default: as stored)"
+    )
     p.add_argument(
         "--channels",
         type=int,
@@ -122,17 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, _, w = text.lower().partition("x")
-        size = (int(h), int(w or h))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 200x200, got '{text}'") from None
-    if min(size) <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got '{text}'")
-    return size
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,36 +76,35 @@ def load_dataset(
 ) -> ImageDataset:
     """Load a dataset from a name ("mnist", "neu") or a path into one in-memory `ImageDataset`.
 
-        Always returns splits "train" and "test" (and "val" when `val_split` > 0 or the data
-        has its own validation split).
+    Always returns splits "train" and "test" (and "val" when `val_split` > 0 or the data
+    has its own validation split).
 
-        Parameters
-        ----------
-        spec : "mnist", "neu", or a folder / .npy file in any accepted layout (MNIST IDX files,
-            NEU-CLS, NEU-DET, class-per-folder with optional train/val/test folders, .npy pairs).
-        channels : 1 or 3; None keeps the data's own (1 when every image is gray, else 3).
-        size : (H, W) to resize to; None keeps the native size, and a set of mixed sizes is
-            resized to its most common size (a note says so).
-        seed, test_split : the stratified train/test split used only when the data has no test
-            split of its own (default 80/20).
-        val_split : fraction of train carved out as a stratified "val" split.
-        cache : reuse / store decoded images in `$CNNLAB_CACHE` (keyed by file contents).
-        progress : tqdm bar on stderr while decoding (only when stderr is a terminal).
-        skip_bad : skip unreadable images with a note instead of failing on the first one.
-        download : allow downloading MNIST when "mnist" is asked for and missing.
+    Parameters
+    ----------
+    spec : "mnist", "neu", or a folder / .npy file in any accepted layout (MNIST IDX files,
+        NEU-CLS, NEU-DET, class-per-folder with optional train/val/test folders, .npy pairs).
+    channels : 1 or 3; None keeps the data's own (1 when every image is gray, else 3).
+    size : (H, W) to resize to; None keeps the native size, and a set of mixed sizes is
+        resized to its most common size (a note says so).
+    seed, test_split : the stratified train/test split used only when the data has no test
+        split of its own (default 80/20).
+    val_split : fraction of train carved out as a stratified "val" split.
+    cache : reuse / store decoded images in `$CNNLAB_CACHE` (keyed by file contents).
+    progress : tqdm bar on stderr while decoding (only when stderr is a terminal).
+    skip_bad : skip unreadable images with a note instead of failing on the first one.
+    download : allow downloading MNIST when "mnist" is asked for and missing.
 
-        Examples
-        --------
-        >>> import numpy as np, tempfile, pathlib
-        >>> from cnnlab.progress import progress_bar
-    from cnnlab.images import write_image
-        >>> root = pathlib.Path(tempfile.mkdtemp())
-        >>> for c in ("cat", "dog"):
-        ...     for i in range(5):
-        ...         _ = write_image(root / c / f"{i}.png", np.full((8, 6), i, np.uint8))
-        >>> ds = load_dataset(root, cache=False, progress=False)
-        >>> ds.class_names, tuple(ds.images.shape), len(ds.split("test"))
-        (['cat', 'dog'], (10, 1, 8, 6), 2)
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> from cnnlab.images import write_image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     for i in range(5):
+    ...         _ = write_image(root / c / f"{i}.png", np.full((8, 6), i, np.uint8))
+    >>> ds = load_dataset(root, cache=False, progress=False)
+    >>> ds.class_names, tuple(ds.images.shape), len(ds.split("test"))
+    (['cat', 'dog'], (10, 1, 8, 6), 2)
     """
     if channels not in (None, 1, 3):
         raise CnnlabError(f"channels must be 1 or 3, got {channels}")
@@ -262,7 +260,6 @@ def decode_files(
     notes = []
     if skipped:
         notes.append(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
-        print(f"cnnlab: warning: {notes[-1]}", file=sys.stderr)
     if not decoded:
         raise CnnlabError("no readable images", src.root)
     c = channels or (1 if all(a.ndim == 2 for a in decoded) else 3)
@@ -274,7 +271,6 @@ def decode_files(
             f"images have {len(set(sizes))} different sizes; all resized to "
             f"{target[0]}x{target[1]} (H x W), the most common"
         )
-        print(f"cnnlab: note: {notes[-1]}", file=sys.stderr)
     h, w = target if target is not None else sizes[0]
     out = np.empty((len(decoded), c, h, w), dtype=np.uint8)
     for j, a in enumerate(decoded):

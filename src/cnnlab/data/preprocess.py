@@ -33,16 +33,18 @@ def resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if arr.shape[:2] == (h, w):
         return arr
-    planes = [
-        np.asarray(Image.fromarray(arr[..., i]).resize((w, h), Image.Resampling.BILINEAR))
-        for i in range(arr.shape[2])
-    ]
-    return np.stack(planes, axis=2)
+    if arr.shape[2] == 1:
+        plane = Image.fromarray(arr[..., 0]).resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(plane)[..., None]
+    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def to_model_input(arr: np.ndarray, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """Decoded uint8 image (HxW or HxWxC) -> uint8 (C, H, W) with the model's channels and size."""
-    out = to_channels(arr, channels)
+    gray_to_rgb = channels == 3 and (arr.ndim == 2 or arr.shape[2] == 1)
+    out = to_channels(arr, 1 if gray_to_rgb else channels)  # resize one plane, then repeat
     if size is not None:
         out = resize(out, size)
+    if gray_to_rgb:
+        out = np.repeat(out, 3, axis=2)
     return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -204,8 +204,8 @@ def train(
     try:
         if dataset is None:
             dataset = load_training_data(cfg, progress=progress)
-        if "train" not in dataset.splits:
-            raise CnnlabError("dataset has no 'train' split", dataset.root or cfg.data)
+        if "train" not in dataset.splits or len(dataset.splits["train"]) == 0:
+            raise CnnlabError("dataset has no training images", dataset.root or cfg.data)
         if cfg.val_split > 0 and "val" not in dataset.splits:
             raise CnnlabError("--val-split given but the dataset has no 'val' split", cfg.data)
     except BaseException:
@@ -226,12 +226,9 @@ def train(
         model = create_model(cfg.model, **{**kwargs, "image_size": tuple(kwargs["image_size"])})
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, eps=ADAM_EPS, foreach=rt.device.type == "cuda" or None
-    )
+    model = rt.place(model)
+    # fused: one kernel for all parameters; seed-neu's Adam step 190 ms -> 80 ms on this CPU
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=ADAM_EPS, fused=True)
 
     def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if name not in dataset.splits:
@@ -298,11 +295,16 @@ def train(
             msg += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
         log(msg)
 
-        improved = val_xy is None or row["val_loss"] < best_loss
+        # without validation, best = last: the model file is written once, after the loop;
+        # a NaN validation loss never counts as an improvement
+        improved = val_xy is None or (
+            math.isfinite(row["val_loss"]) and row["val_loss"] < best_loss
+        )
         if improved:
             best_loss = row["val_loss"] if val_xy is not None else best_loss
             best_epoch, bad_epochs = epoch, 0
-            save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": epoch})
+            if val_xy is not None:
+                save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": epoch})
         else:
             bad_epochs += 1
         save_last(run_dir / LAST_FILE, model, opt, {**meta, "epoch": epoch}, epoch=epoch)
@@ -316,15 +318,15 @@ def train(
             break
 
     _save_curves(run_dir, history)
+    if val_xy is None or best_epoch == 0:  # best = last (no validation, or never a finite loss)
+        best_epoch = history[-1]["epoch"]
+        save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": best_epoch})
     test: dict[str, Any] = {}
     if test_xy is not None:
         if best_epoch != history[-1]["epoch"]:
             from cnnlab.train.checkpoint import load_model
 
-            model, _ = load_model(run_dir / MODEL_FILE)
-            model = model.to(rt.device)
-            if rt.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = rt.place(load_model(run_dir / MODEL_FILE)[0])
         te = evaluate(model, *test_xy, runtime=rt)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
