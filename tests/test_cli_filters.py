@@ -137,3 +137,22 @@ def test_bad_signal_is_named_as_signal(cli):
     r = cli("convolve", "--signal", "1,2,nan", "--kernel", "1,2")
     assert r.returncode == 2
     assert r.stderr.strip() == "cnnlab: error: signal '1,2,nan': signal has NaN or infinite entries"
+
+
+def test_steps_accept_a_row_kernel_on_a_2d_signal(cli):
+    """A 1-D kernel slides along the rows of a 2-D signal, as in scipy.signal.convolve."""
+    import scipy.signal
+
+    r = cli("convolve", "--signal", "1,2,3;4,5,6", "--kernel", "1,2,3", "--steps", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    want = scipy.signal.convolve(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[1, 2, 3]]), "valid")
+    assert out["result"] == want.tolist()
+    assert [s["sum"] for s in out["steps"]] == want.ravel().tolist()
+
+
+def test_signal_file_errors_keep_the_path(cli, tmp_path):
+    missing = tmp_path / "my_kernels" / "sig.txt"
+    r = cli("convolve", "--signal", str(missing), "--kernel", "1,2")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"cnnlab: error: {missing}: no such signal file"

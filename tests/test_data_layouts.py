@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -276,8 +274,16 @@ def test_named_neu_missing_says_where_published(tmp_path, monkeypatch):
         load_dataset("neu", progress=False)
 
 
-def test_decode_is_fast_enough(tmp_path):
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    """Decode once: the second load of the same files must not decode a single image."""
+    import cnnlab.data.load as load_mod
+
     make_folders(tmp_path, ["x", "y"], n=50)
-    t = time.perf_counter()
-    load_dataset(tmp_path, progress=False)
-    assert time.perf_counter() - t < 10
+    first = load_dataset(tmp_path, size=(6, 5), channels=3, progress=False)
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(load_mod, "open_image", no_decoding)
+    again = load_dataset(tmp_path, size=(6, 5), channels=3, progress=False)
+    assert torch.equal(again.images, first.images) and again.files == first.files

@@ -297,3 +297,12 @@ def test_sample_image_and_demo_gallery(tmp_path):
     assert path == tmp_path / "demo" / "filters_gallery.png"
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width > 500
+
+
+@pytest.mark.parametrize("spec", ["laplacian:4.5", "laplacian:6"])
+def test_laplacian_needs_4_or_8_exactly(spec):
+    with pytest.raises(CnnlabError, match="4 or 8"):
+        get_kernel(spec)
+    np.testing.assert_array_equal(
+        get_kernel("laplacian:4.0").weights, [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+    )

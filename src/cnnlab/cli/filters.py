@@ -107,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _filter(args: argparse.Namespace) -> int:
     from cnnlab.errors import CnnlabError
     from cnnlab.filters import filter_file
+    from cnnlab.runtime import setup_threads
 
+    setup_threads()  # the direct path runs on torch: use the physical cores
     if args.sample == (args.image is not None):
         raise CnnlabError("give either an IMAGE or --sample (exactly one)")
     summary = filter_file(
@@ -160,10 +162,7 @@ def _convolve(args: argparse.Namespace) -> int:
     from cnnlab.filters import get_kernel
     from cnnlab.signal import convolve, correlate, explain_convolution, format_steps
 
-    try:  # the signal is parsed like an inline kernel; say "signal" in its errors
-        signal = get_kernel(args.signal).weights
-    except CnnlabError as e:
-        raise CnnlabError(str(e).replace("kernel", "signal")) from None
+    signal = get_kernel(args.signal, what="signal").weights
     kernel = get_kernel(args.kernel).weights
     if kernel.ndim > signal.ndim:
         raise CnnlabError(
@@ -175,10 +174,6 @@ def _convolve(args: argparse.Namespace) -> int:
     result = op(signal, kernel, args.mode)
     steps = None
     if args.steps:
-        if args.mode == "valid" and any(
-            a < b for a, b in zip(signal.shape, kernel.shape[-signal.ndim :], strict=False)
-        ):
-            raise CnnlabError("--steps in valid mode needs a kernel no larger than the signal")
         steps = explain_convolution(signal, kernel, args.mode, flip=not args.correlate)
         if len(steps) > MAX_STEPS:
             raise CnnlabError(f"{len(steps)} steps is too many to print (limit {MAX_STEPS})")

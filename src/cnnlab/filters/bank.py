@@ -78,9 +78,9 @@ def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
 
 def laplacian(neighbours: int = 4) -> np.ndarray:
     """Discrete Laplacian: 4-neighbour [[0,1,0],[1,-4,1],[0,1,0]] or 8-neighbour (-8 centre)."""
-    if int(neighbours) == 4:
+    if neighbours == 4:  # 4.0 counts, 4.5 does not
         return LAPLACIAN_4.copy()
-    if int(neighbours) == 8:
+    if neighbours == 8:
         return LAPLACIAN_8.copy()
     raise CnnlabError(f"laplacian takes 4 or 8 neighbours, got {neighbours}")
 
@@ -189,7 +189,7 @@ def list_kernels() -> list[dict]:
     return rows
 
 
-def get_kernel(spec) -> Kernel:
+def get_kernel(spec, what: str = "kernel") -> Kernel:
     """Resolve a kernel spec (bank name with parameters, file, inline text or array) to a Kernel.
 
     Examples
@@ -200,7 +200,7 @@ def get_kernel(spec) -> Kernel:
     (3, 3)
     """
     if not isinstance(spec, str):
-        return Kernel("custom", check_kernel(np.asarray(spec), "kernel"), "user kernel")
+        return Kernel("custom", check_kernel(np.asarray(spec), what, what=what), "user kernel")
     spec = spec.strip()
     name, _, params = spec.partition(":")
     if name in BANK:
@@ -212,20 +212,22 @@ def get_kernel(spec) -> Kernel:
         return Kernel(spec, check_kernel(weights, spec), entry.description)
     path = Path(spec)
     if path.suffix.lower() in KERNEL_FILE_SUFFIXES or path.is_file():
-        return Kernel(path.stem, load_kernel_file(path), f"kernel from {path}")
+        return Kernel(path.stem, load_kernel_file(path, what), f"{what} from {path}")
     if any(ch.isdigit() for ch in spec):
-        return Kernel("custom", parse_kernel_text(spec, source=None), "inline kernel")
-    raise CnnlabError(f"unknown kernel {spec!r} (see `cnnlab kernels` for the names)")
+        return Kernel("custom", parse_kernel_text(spec, source=None, what=what), "inline kernel")
+    raise CnnlabError(f"unknown {what} {spec!r} (see `cnnlab kernels` for the names)")
 
 
-def parse_kernel_text(text: str, source: str | Path | None = None) -> np.ndarray:
+def parse_kernel_text(
+    text: str, source: str | Path | None = None, what: str = "kernel"
+) -> np.ndarray:
     """Numbers as rows (";" or new lines) of values ("," or spaces) -> a float64 1-D/2-D array.
 
     One row gives a 1-D array. Ragged rows, non-numbers, NaN/inf and empty text are errors
     naming `source` (the file) or quoting the text.
     """
-    where = source if source is not None else None
-    label = "" if source is not None else f"kernel {text!r}: "
+    where = source
+    label = "" if source is not None else f"{what} {text!r}: "
     rows = []
     lines = [ln.split("#", 1)[0] for ln in text.replace(";", "\n").splitlines()]
     for line in lines:
@@ -240,51 +242,56 @@ def parse_kernel_text(text: str, source: str | Path | None = None) -> np.ndarray
                 raise CnnlabError(f"{label}entry {cell!r} is not a number", where) from None
         rows.append(row)
     if not rows:
-        raise CnnlabError(f"{label}no numbers found (empty kernel)", where)
+        raise CnnlabError(f"{label}no numbers found (empty {what})", where)
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         raise CnnlabError(f"{label}rows have different lengths {sorted(widths)}", where)
     arr = np.array(rows, dtype=np.float64)
     arr = arr[0] if len(rows) == 1 else arr
     return check_kernel(
-        arr, source if source is not None else f"kernel {text!r}", in_file=source is not None
+        arr, source if source is not None else f"{what} {text!r}", source is not None, what
     )
 
 
-def load_kernel_file(path: str | Path) -> np.ndarray:
+def load_kernel_file(path: str | Path, what: str = "kernel") -> np.ndarray:
     """Read a kernel from .npy (no pickle), .txt or .csv; every problem names the file."""
     path = Path(path)
     if not path.exists():
-        raise CnnlabError("no such kernel file", path)
+        raise CnnlabError(f"no such {what} file", path)
     if path.is_dir():
-        raise CnnlabError("is a folder, expected a kernel file (.npy, .txt, .csv)", path)
+        raise CnnlabError(f"is a folder, expected a {what} file (.npy, .txt, .csv)", path)
     if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise CnnlabError(f"not a readable .npy array ({e})", path) from None
         if arr.dtype.kind not in "biuf":
-            raise CnnlabError(f"kernel dtype {arr.dtype} is not real numbers", path)
-        return check_kernel(arr.astype(np.float64), path, in_file=True)
+            raise CnnlabError(f"{what} dtype {arr.dtype} is not real numbers", path)
+        return check_kernel(arr.astype(np.float64), path, True, what)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"cannot read kernel text ({e})", path) from None
-    return parse_kernel_text(text, source=path)
+        raise CnnlabError(f"cannot read {what} text ({e})", path) from None
+    return parse_kernel_text(text, source=path, what=what)
 
 
-def check_kernel(arr: np.ndarray, source, in_file: bool = False) -> np.ndarray:
-    """Refuse empty, non-numeric, non-finite or more-than-2-D kernels; return float64."""
+def check_kernel(
+    arr: np.ndarray, source, in_file: bool = False, what: str = "kernel"
+) -> np.ndarray:
+    """Refuse empty, non-numeric, non-finite or more-than-2-D arrays; return float64.
+
+    `what` names the array in messages ("kernel", or "signal" for `cnnlab convolve`).
+    """
     where, label = (source, "") if in_file else (None, f"{source}: ")
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
-        raise CnnlabError(f"{label}kernel is not real numbers (dtype {arr.dtype})", where)
+        raise CnnlabError(f"{label}{what} is not real numbers (dtype {arr.dtype})", where)
     if arr.size == 0:
-        raise CnnlabError(f"{label}kernel is empty", where)
+        raise CnnlabError(f"{label}{what} is empty", where)
     if arr.ndim > 2 or arr.ndim == 0:
-        raise CnnlabError(f"{label}kernel has {arr.ndim} dimensions; a filter needs 1 or 2", where)
+        raise CnnlabError(f"{label}{what} has {arr.ndim} dimensions; a filter needs 1 or 2", where)
     if not np.isfinite(arr).all():
-        raise CnnlabError(f"{label}kernel has NaN or infinite entries", where)
+        raise CnnlabError(f"{label}{what} has NaN or infinite entries", where)
     return arr.astype(np.float64)
 
 

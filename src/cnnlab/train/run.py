@@ -227,7 +227,7 @@ def train(
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
-    # fused: one kernel for all parameters; seed-neu's Adam step 190 ms -> 80 ms on this CPU
+    # fused: one kernel for all parameters; seed-neu's Adam step 66 -> 9.7 ms here (median)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=ADAM_EPS, fused=True)
 
     def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
