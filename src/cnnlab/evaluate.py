@@ -124,7 +124,7 @@ def evaluate_model(
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
-    probs = predict_images(model, part.images, device=device)
+    probs = predict_images(model, part.images, device=device, tta=bool(meta.get("tta")))
     y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
     report = classification_report(y_true, y_pred, model_classes)

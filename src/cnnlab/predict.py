@@ -44,10 +44,14 @@ def predict_images(
     images_u8: torch.Tensor,
     *,
     device: str = "auto",
+    tta: bool = False,
 ) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size."""
+    """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size.
+
+    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]).
+    """
     rt = setup(device)
-    logits = predict_logits(rt.place(model), images_u8, runtime=rt)
+    logits = predict_logits(rt.place(model), images_u8, runtime=rt, tta=tta)
     return torch.softmax(logits, dim=1).numpy()
 
 
@@ -101,7 +105,9 @@ def predict_files(
         except CnnlabError as e:
             results.append({"file": str(f), "error": str(e)})
     if arrays:
-        probs = predict_images(model, torch.from_numpy(np.stack(arrays)), device=device)
+        probs = predict_images(
+            model, torch.from_numpy(np.stack(arrays)), device=device, tta=bool(meta.get("tta"))
+        )
         for i, p in zip(ok, probs, strict=True):
             results[i].update(_result(p, class_names, min(top_k, len(class_names))))
             parent = Path(results[i]["file"]).parent.name

@@ -27,20 +27,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train a model on a dataset and write a run folder",
         "  cnnlab train --data mnist --model seed-mnist --out runs/mnist\n"
         "  cnnlab train --data neu --model seed-neu --epochs 10 --out runs/neu\n"
+        "  cnnlab train --data neu --preset best --out runs/neu-best\n"
+        "  cnnlab train --data my_defects/ --preset best      # model, size, augmentation chosen\n"
+        "  cnnlab train --data mnist --preset fast              # 1 epoch, see the README\n"
         "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
         "      --class-weights auto --image-size 128x128\n",
     )
     p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
-    p.add_argument("--model", required=True, help="registered model name (see `cnnlab models`)")
+    p.add_argument("--model", help="registered model name (see `cnnlab models`)")
+    p.add_argument(
+        "--preset",
+        choices=("lecture", "best", "fast"),
+        help="lecture: the notes' model and recipe; best: the most accurate recipe for this "
+        "data (any folder); fast: quickest to 99%% on MNIST. Flags given override it",
+    )
     p.add_argument("--epochs", type=int, help="passes over the training images (recipe default)")
     p.add_argument("--batch-size", type=int, help="images per step (recipe default: 50)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (recipe default: 1e-3)")
+    p.add_argument("--lr", type=float, help="(peak) learning rate (recipe default: 1e-3)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help="default: adam (the notes')")
+    p.add_argument("--weight-decay", type=float, help="L2 / decoupled weight decay (default 0)")
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "onecycle", "cosine"),
+        help="learning-rate schedule over the run (default constant)",
+    )
+    p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default 0)")
+    p.add_argument(
+        "--augment",
+        choices=("none", "digits", "texture"),
+        help="digits: small affine moves; texture: flips, rotations, shifts, brightness, "
+        "contrast, noise (default none)",
+    )
+    p.add_argument("--ema", type=float, help="keep an average of the weights, e.g. 0.999")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluate with flips / rotations averaged (orientation-free data only)",
+    )
+    p.add_argument("--width", choices=("s", "m", "l"), help="width of the resnet-* models")
     p.add_argument("--seed", type=int, default=0, help="seed for split, init and batch order")
     p.add_argument(
         "--val-split",
         type=float,
-        default=0.0,
-        help="fraction of images held out for validation each epoch (default 0)",
+        help="fraction of the training images held out for validation and checkpoint "
+        "choice (default 0; --preset best: 0.1)",
     )
     p.add_argument(
         "--test-split",
@@ -56,7 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-weights",
         choices=("none", "auto"),
-        default="none",
         help="auto: weight the loss by n/(k*count) per class for unbalanced data",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if present")
@@ -151,9 +181,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data=args.data,
         model=args.model,
+        preset=args.preset,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        ema=args.ema,
+        tta=args.tta,
+        width=args.width,
         seed=args.seed,
         val_split=args.val_split,
         test_split=args.test_split,

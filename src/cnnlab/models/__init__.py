@@ -1,5 +1,6 @@
 """Models: a registry of named factories, starting with the lecture's two seed CNNs."""
 
+from cnnlab.models import resnet as _resnet  # noqa: F401  (registers resnet-digits, resnet-neu)
 from cnnlab.models import seed as _seed  # noqa: F401  (registers seed-mnist, seed-neu)
 from cnnlab.models.flops import count_flops, count_parameters
 from cnnlab.models.registry import (

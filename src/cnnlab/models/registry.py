@@ -78,13 +78,18 @@ def model_kwargs(
     in_channels: int | None = None,
     num_classes: int | None = None,
     image_size: tuple[int, int] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """The full factory arguments: the registry's defaults overridden by what is given."""
+    """The full factory arguments: the registry's defaults overridden by what is given.
+
+    `extra` holds model-specific options (e.g. `width` of the ResNets); None values are dropped.
+    """
     info = model_info(name)
     return {
         "in_channels": int(in_channels or info.in_channels),
         "num_classes": int(num_classes or info.num_classes),
         "image_size": [int(s) for s in (image_size or info.image_size)],
+        **{k: v for k, v in extra.items() if v is not None},
     }
 
 
@@ -100,8 +105,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     torch.Size([2, 10])
     """
     full = model_kwargs(name, **kwargs)
-    return model_info(name).factory(
-        in_channels=full["in_channels"],
-        num_classes=full["num_classes"],
-        image_size=tuple(full["image_size"]),
-    )
+    full["image_size"] = tuple(full["image_size"])
+    try:
+        return model_info(name).factory(**full)
+    except TypeError as e:  # an option this factory does not take
+        raise CnnlabError(f"model '{name}': {e}") from None

@@ -10,12 +10,14 @@ evaluation runs it at its own size so every image counts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.data.augment import AugmentSpec, augment
 from cnnlab.progress import progress_bar
 from cnnlab.runtime import Runtime
 
@@ -23,9 +25,18 @@ PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels -> [0, 1], the notes' `train_x / 255.0
 EVAL_BATCH = 500  # images per evaluation step: large enough to keep the cores busy
 
 
-def to_input(batch_u8: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 in [0, 1], channels_last when the runtime asks for it."""
+def to_input(
+    batch_u8: torch.Tensor,
+    runtime: Runtime | None = None,
+    *,
+    aug: AugmentSpec | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1] (augmented when `aug` is given), channels_last
+    when the runtime asks for it."""
     x = batch_u8.float().mul_(PIXEL_SCALE)
+    if aug is not None and generator is not None:
+        x = augment(x, aug, generator)
     if runtime is not None and runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -41,6 +52,12 @@ def train_one_epoch(
     generator: torch.Generator,
     runtime: Runtime,
     class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    aug: AugmentSpec | None = None,
+    aug_generator: torch.Generator | None = None,
+    lr_at: Callable[[int], float] | None = None,
+    step_offset: int = 0,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
     progress: bool = False,
     desc: str = "train",
 ) -> dict[str, Any]:
@@ -49,6 +66,9 @@ def train_one_epoch(
     The last incomplete batch is dropped (every step sees `batch_size` images); with fewer
     images than `batch_size` the one batch is the whole set. Loss is the mean cross-entropy
     of the batches (class-weighted when `class_weights` is given), as Keras reports it.
+    Options of the better recipes: `aug` (batched augmentation drawn from `aug_generator`),
+    `lr_at(global_step)` setting the learning rate before each step (`step_offset` = steps
+    of earlier epochs), `label_smoothing`, and `ema`, updated after every step.
     """
     model.train()
     n = images_u8.shape[0]
@@ -63,14 +83,22 @@ def train_one_epoch(
     ) as bar:
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
-            x = to_input(images_u8[idx], runtime)
+            x = to_input(images_u8[idx], runtime, aug=aug, generator=aug_generator)
             y = labels[idx]
+            if lr_at is not None:
+                lr = lr_at(step_offset + step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             with runtime.autocast():
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=class_weights, label_smoothing=label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             bar.update(bs)
@@ -99,17 +127,36 @@ def predict_logits(
     *,
     runtime: Runtime,
     batch_size: int = EVAL_BATCH,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, num_classes), float32 on the CPU, for uint8 images (any device)."""
+    """Logits (N, num_classes), float32 on the CPU, for uint8 images (any device).
+
+    `tta`: test-time augmentation, the mean of the log-softmax over the 8 flips / 90-degree
+    rotations (4 flips for non-square images); for models trained on orientation-free data.
+    """
     model.eval()
     out = []
     for start in range(0, images_u8.shape[0], batch_size):
         x = to_input(images_u8[start : start + batch_size].to(runtime.device), runtime)
         with runtime.autocast():
-            out.append(model(x).float().cpu())
+            if tta:
+                views = dihedral_views(x)
+                out.append(
+                    torch.stack([F.log_softmax(model(v).float(), 1) for v in views]).mean(0).cpu()
+                )
+            else:
+                out.append(model(x).float().cpu())
     if not out:
         return torch.zeros((0, 0))
     return torch.cat(out)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """x under the 8 flips / 90-degree rotations (the 4 flips when H != W)."""
+    views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)]
+    if x.shape[2] == x.shape[3]:
+        views += [v.transpose(2, 3) for v in views]
+    return views
 
 
 @torch.inference_mode()
@@ -121,6 +168,7 @@ def evaluate(
     runtime: Runtime,
     batch_size: int = EVAL_BATCH,
     class_weights: torch.Tensor | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and predictions over every image (last batch at its size).
 
@@ -128,7 +176,7 @@ def evaluate(
     CPU for callers that want probabilities or a confusion matrix.
     """
     t0 = time.perf_counter()
-    logits = predict_logits(model, images_u8, runtime=runtime, batch_size=batch_size)
+    logits = predict_logits(model, images_u8, runtime=runtime, batch_size=batch_size, tta=tta)
     y = labels.cpu()
     n = int(y.shape[0])
     seconds = time.perf_counter() - t0

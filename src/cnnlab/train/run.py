@@ -23,6 +23,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.atomic import write_json, write_text
+from cnnlab.data.augment import AUGMENTS, get_augment
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
@@ -36,8 +37,12 @@ from cnnlab.train.checkpoint import (
     write_model_json,
 )
 from cnnlab.train.engine import evaluate, train_one_epoch
+from cnnlab.train.presets import best_for_data, preset_values
+from cnnlab.train.schedule import SCHEDULES, lr_at
 
 ADAM_EPS = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
+SGD_MOMENTUM = 0.9  # Nesterov
+OPTIMIZERS = ("adam", "sgd")
 HISTORY_FIELDS = (
     "epoch",
     "train_loss",
@@ -52,18 +57,31 @@ HISTORY_FIELDS = (
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a run; None = the model's recipe (the notes' defaults)."""
+    """Everything that decides a run; None = from the preset, else the model's recipe.
+
+    Precedence: explicit values > `preset` > the model's recipe (the notes' defaults for the
+    seed models) > the global defaults (Adam, constant lr, no augmentation).
+    """
 
     data: str
-    model: str
+    model: str | None = None  # may come from the preset
+    preset: str | None = None  # lecture | best | fast (cnnlab.train.presets)
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
+    lr: float | None = None  # peak learning rate
+    optimizer: str | None = None  # adam (the notes') | sgd (Nesterov momentum 0.9)
+    weight_decay: float | None = None  # L2 penalty (SGD) / decoupled (Adam -> AdamW)
+    schedule: str | None = None  # constant | onecycle | cosine (cnnlab.train.schedule)
+    label_smoothing: float | None = None  # share of the target spread over all classes
+    augment: str | None = None  # none | digits | texture (cnnlab.data.augment)
+    ema: float | None = None  # decay of the weight average used for eval / the model file
+    tta: bool | None = None  # test-time augmentation (flips / rotations) when evaluating
+    width: str | None = None  # model width option (s | m | l) for models that take one
     seed: int = 0
-    val_split: float = 0.0
+    val_split: float | None = None  # None = the preset's (0 without one)
     test_split: float = 0.2  # only for data without its own test split (MNIST has one)
     patience: int | None = None  # epochs without val-loss improvement before stopping
-    class_weights: str = "none"  # "none" | "auto" (n / (k * count), sklearn's "balanced")
+    class_weights: str | None = None  # "none" | "auto" (n / (k * count), sklearn's "balanced")
     device: str = "auto"
     channels_last: bool | None = None  # None = the runtime's measured default
     bf16: bool | None = None  # None = only where native (CUDA, AVX512-BF16/AMX CPUs)
@@ -72,21 +90,60 @@ class TrainConfig:
     channels: int | None = None  # convert data to 1 or 3 channels; None = data's own
     out: str | None = None
 
+    def with_preset(self, values: dict[str, Any]) -> TrainConfig:
+        """A copy whose unset (None) fields take the preset's values."""
+        c = TrainConfig(**asdict(self))
+        for key, value in values.items():
+            if getattr(c, key) is None:
+                setattr(c, key, value)
+        return c
+
     def resolved(self) -> TrainConfig:
-        """A copy with the recipe filled in and every value checked (errors name the flag)."""
-        recipe = model_info(self.model).recipe
-        c = TrainConfig(**{**asdict(self)})
-        c.epochs = self.epochs if self.epochs is not None else int(recipe.get("epochs", 10))
-        c.batch_size = (
-            self.batch_size if self.batch_size is not None else int(recipe.get("batch_size", 50))
+        """A copy with the preset and recipe filled in and every value checked."""
+        c = TrainConfig(**asdict(self))
+        if c.preset is not None:
+            try:
+                values = preset_values(c.preset, c.data)
+            except ValueError as e:
+                raise CnnlabError(f"--preset: {e}") from None
+            if values is not None:
+                c = c.with_preset(values)
+        if c.model is None:
+            raise CnnlabError("--model is required without a --preset")
+        recipe = model_info(c.model).recipe
+        c = c.with_preset(
+            {
+                "epochs": int(recipe.get("epochs", 10)),
+                "batch_size": int(recipe.get("batch_size", 50)),
+                "lr": float(recipe.get("lr", 1e-3)),
+                "optimizer": recipe.get("optimizer", "adam"),
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "label_smoothing": 0.0,
+                "augment": "none",
+                "tta": False,
+                "val_split": 0.0,
+                "class_weights": "none",
+            }
         )
-        c.lr = self.lr if self.lr is not None else float(recipe.get("lr", 1e-3))
         if c.epochs <= 0:
             raise CnnlabError(f"--epochs must be a positive integer, got {c.epochs}")
         if c.batch_size <= 0:
             raise CnnlabError(f"--batch-size must be a positive integer, got {c.batch_size}")
         if not (c.lr > 0 and math.isfinite(c.lr)):
             raise CnnlabError(f"--lr must be a positive number, got {c.lr}")
+        if c.optimizer not in OPTIMIZERS:
+            raise CnnlabError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if not (c.weight_decay >= 0 and math.isfinite(c.weight_decay)):
+            raise CnnlabError(f"--weight-decay must be >= 0, got {c.weight_decay}")
+        if c.schedule not in SCHEDULES:
+            raise CnnlabError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= c.label_smoothing < 1.0:
+            raise CnnlabError(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+        if c.augment not in AUGMENTS:
+            raise CnnlabError(f"--augment must be one of {', '.join(AUGMENTS)}")
+        if c.ema is not None and not 0.0 < c.ema < 1.0:
+            raise CnnlabError(f"--ema must be in (0, 1), got {c.ema}")
         if not 0.0 <= c.val_split < 1.0:
             raise CnnlabError(f"--val-split must be in [0, 1), got {c.val_split}")
         if not 0.0 < c.test_split < 1.0:
@@ -106,6 +163,8 @@ class TrainConfig:
             raise CnnlabError(f"--threads must be a positive integer, got {c.threads}")
         if c.channels not in (None, 1, 3):
             raise CnnlabError(f"--channels must be 1 or 3, got {c.channels}")
+        if c.image_size is not None:
+            c.image_size = (int(c.image_size[0]), int(c.image_size[1]))
         if c.out is None:
             c.out = str(Path("runs") / f"{c.model}-{datetime.now():%Y%m%d-%H%M%S}")
         return c
@@ -197,7 +256,7 @@ def train(
     >>> result.test["accuracy"]  # doctest: +SKIP
     0.9912
     """
-    cfg = config.resolved()
+    cfg = _resolve_with_data(config, dataset, progress=progress, log=log)
     rt = setup(cfg.device, threads=cfg.threads, channels_last=cfg.channels_last, bf16=cfg.bf16)
     created = not Path(cfg.out).exists()
     run_dir = prepare_run_dir(cfg.out)
@@ -220,6 +279,7 @@ def train(
         in_channels=dataset.channels,
         num_classes=dataset.num_classes,
         image_size=dataset.image_size,
+        width=cfg.width,
     )
     torch.manual_seed(cfg.seed)  # the model's initial weights
     try:
@@ -227,8 +287,14 @@ def train(
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
-    # fused: one kernel for all parameters; seed-neu's Adam step 66 -> 9.7 ms here (median)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=ADAM_EPS, fused=True)
+    opt = build_optimizer(model, cfg)
+    ema = None
+    if cfg.ema is not None:  # BN statistics are averaged too (use_buffers)
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True
+        )
+    eval_model = model if ema is None else ema.module
+    aug = None if cfg.augment == "none" else get_augment(cfg.augment)
 
     def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if name not in dataset.splits:
@@ -248,16 +314,28 @@ def train(
         cfg.model,
         kwargs,
         dataset.class_names,
-        trained={"data": cfg.data, "seed": cfg.seed, "cnnlab_version": __version__},
+        tta=bool(cfg.tta),
+        trained={
+            "data": cfg.data,
+            "seed": cfg.seed,
+            "preset": cfg.preset,
+            "cnnlab_version": __version__,
+        },
     )
     write_model_json(run_dir, meta)
+
+    steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    def schedule(step: int) -> float:
+        return lr_at(step, total_steps, cfg.lr, cfg.schedule)
 
     log(
         f"training {cfg.model} on {len(train_xy[1])} images ({dataset.num_classes} classes, "
         f"{dataset.channels}x{dataset.image_size[0]}x{dataset.image_size[1]}) for {cfg.epochs} "
-        f"epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, {rt.device}, {rt.threads} threads"
+        f"epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), "
+        f"augment {cfg.augment}, {rt.device}, {rt.threads} threads"
     )
-    gen = torch.Generator().manual_seed(cfg.seed)  # batch order, independent of init
     history: list[dict[str, Any]] = []
     best_loss, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
     for epoch in range(1, cfg.epochs + 1):
@@ -267,9 +345,15 @@ def train(
             *train_xy,
             optimizer=opt,
             batch_size=cfg.batch_size,
-            generator=gen,
+            generator=epoch_generator(cfg.seed, epoch, "order"),
             runtime=rt,
             class_weights=weights,
+            label_smoothing=cfg.label_smoothing,
+            aug=aug,
+            aug_generator=epoch_generator(cfg.seed, epoch, "augment"),
+            lr_at=None if cfg.schedule == "constant" else schedule,
+            step_offset=(epoch - 1) * steps_per_epoch,
+            ema=ema,
             progress=progress,
             desc=f"epoch {epoch}/{cfg.epochs}",
         )
@@ -279,11 +363,11 @@ def train(
             "train_accuracy": round(tr["accuracy"], 6),
             "val_loss": None,
             "val_accuracy": None,
-            "lr": cfg.lr,
+            "lr": opt.param_groups[0]["lr"],
             "images_per_s": round(tr["images_per_s"], 1),
         }
         if val_xy is not None:
-            va = evaluate(model, *val_xy, runtime=rt, class_weights=weights)
+            va = evaluate(eval_model, *val_xy, runtime=rt, class_weights=weights, tta=cfg.tta)
             row["val_loss"], row["val_accuracy"] = round(va["loss"], 6), round(va["accuracy"], 6)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
@@ -304,7 +388,7 @@ def train(
             best_loss = row["val_loss"] if val_xy is not None else best_loss
             best_epoch, bad_epochs = epoch, 0
             if val_xy is not None:
-                save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": epoch})
+                save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": epoch})
         else:
             bad_epochs += 1
         save_last(run_dir / LAST_FILE, model, opt, {**meta, "epoch": epoch}, epoch=epoch)
@@ -320,14 +404,14 @@ def train(
     _save_curves(run_dir, history)
     if val_xy is None or best_epoch == 0:  # best = last (no validation, or never a finite loss)
         best_epoch = history[-1]["epoch"]
-        save_model(run_dir / MODEL_FILE, model, {**meta, "epoch": best_epoch})
+        save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": best_epoch})
     test: dict[str, Any] = {}
     if test_xy is not None:
         if best_epoch != history[-1]["epoch"]:
             from cnnlab.train.checkpoint import load_model
 
-            model = rt.place(load_model(run_dir / MODEL_FILE)[0])
-        te = evaluate(model, *test_xy, runtime=rt)
+            eval_model = rt.place(load_model(run_dir / MODEL_FILE)[0])
+        te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
     write_json(
@@ -342,6 +426,94 @@ def train(
         },
     )
     return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+
+
+def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
+    """The generator of one epoch's batch order ("order") or augmentation ("augment").
+
+    Seeded from (seed, epoch, stream) alone, so epoch e draws the same numbers whether the run
+    started at epoch 1 or resumed at e, and the two streams never share draws.
+    """
+    offset = {"order": 0, "augment": 1}[stream]
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + offset)
+
+
+def ema_update(decay: float) -> Callable[[list, list, Any], None]:
+    """EMA step for AveragedModel: decay min(decay, (1 + n) / (10 + n)) after n updates.
+
+    The warm-up (as in timm's ModelEmaV2 / TensorFlow's ExponentialMovingAverage) keeps a short
+    run from averaging in its random initial weights: 0.999 alone would still hold 88 % of
+    the initial weights after 124 steps.
+    """
+
+    def update(averaged: list, current: list, n: Any) -> None:
+        n = int(n)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # BN's num_batches_tracked: a counter, copied
+                a.copy_(c)
+
+    return update
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with Keras' epsilon (AdamW when weight decay is set), or SGD with Nesterov momentum.
+
+    Fused kernels: one kernel for all parameters (seed-neu's Adam step 66 -> 9.7 ms here).
+    """
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=SGD_MOMENTUM,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+            fused=True,
+        )
+    if cfg.weight_decay:
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, eps=ADAM_EPS, weight_decay=cfg.weight_decay, fused=True
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, eps=ADAM_EPS, fused=True)
+
+
+def _resolve_with_data(
+    config: TrainConfig,
+    dataset: ImageDataset | None,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrainConfig:
+    """config.resolved(), first deriving `--preset best` from the images for unknown data."""
+    if config.preset == "best" and preset_values("best", config.data) is None:
+        probe = dataset
+        if probe is None:
+            from cnnlab.data import load_dataset
+
+            probe = load_dataset(
+                config.data,
+                channels=config.channels,
+                seed=config.seed,
+                test_split=config.test_split,
+                progress=progress,
+            )
+        n_train = len(probe.splits.get("train", probe.labels))
+        values = best_for_data(n_train, probe.channels, probe.image_size, probe.num_classes)
+        if dataset is not None:
+            values["image_size"] = None  # a given dataset is used as it is
+        log(
+            "preset best for this data: "
+            + ", ".join(f"{k} {v}" for k, v in values.items() if k not in _BEST_QUIET)
+        )
+        config = config.with_preset(values)
+    return config.resolved()
+
+
+_BEST_QUIET = ("optimizer", "schedule", "weight_decay", "ema", "val_split")
 
 
 def _save_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -362,8 +534,28 @@ def _config_record(
     return {
         "config": record,
         "model_kwargs": kwargs,
-        "optimizer": {"name": "adam", "lr": cfg.lr, "betas": [0.9, 0.999], "eps": ADAM_EPS},
-        "loss": "cross_entropy" + (" (class-weighted)" if weights is not None else ""),
+        "optimizer": {
+            "name": cfg.optimizer,
+            "lr": cfg.lr,
+            "schedule": cfg.schedule,
+            "weight_decay": cfg.weight_decay,
+            **(
+                {"momentum": SGD_MOMENTUM, "nesterov": True}
+                if cfg.optimizer == "sgd"
+                else {"betas": [0.9, 0.999], "eps": ADAM_EPS}
+            ),
+        },
+        "loss": "cross_entropy"
+        + (" (class-weighted)" if weights is not None else "")
+        + (f" (label smoothing {cfg.label_smoothing})" if cfg.label_smoothing else ""),
+        "augment": get_augment(cfg.augment).to_dict(),
+        "selection": (
+            f"checkpoint with the lowest loss on the validation split ({cfg.val_split:.0%} of "
+            "the training images, carved before training); the test split is never used to "
+            "choose anything"
+            if cfg.val_split
+            else "last epoch (no validation split)"
+        ),
         "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
         "runtime": rt.describe(),
         "dataset": dataset.summary(),

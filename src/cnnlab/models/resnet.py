@@ -1,0 +1,134 @@
+"""Better CNNs than the lecture's: BatchNorm, residual blocks, global average pooling.
+
+The same ideas as the seed models (3x3 convolutions, ReLU, pooling), plus the three things
+that made CNNs train fast and generalise after 2015:
+
+- BatchNorm after every convolution: larger learning rates, less sensitivity to init.
+- Residual blocks (He et al. 2016): out = relu(x + F(x)), so depth does not hurt training.
+- Global average pooling instead of Flatten + a large Dense layer: a 128-channel map becomes
+  128 numbers whatever the image size, so one model accepts any input size and has far fewer
+  parameters (seed-neu's Dense layer alone holds 10.2 M of its 10.3 M weights).
+
+Shapes for `resnet-neu` on 1x128x128 input::
+
+    stem   conv 3x3 s2 + BN + ReLU, maxpool 2   (B, 24, 32, 32)
+    stage1 residual block x1                    (B, 24, 32, 32)
+    stage2 residual block x1, stride 2          (B, 48, 16, 16)
+    stage3 residual block x1, stride 2          (B, 96, 8, 8)
+    head   global average pool + Linear         (B, num_classes)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.models.registry import register_model
+
+
+class ConvBN(nn.Sequential):
+    """Conv 3x3 (no bias: BN has one) + BatchNorm, optionally + ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: bool = True) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """relu(shortcut(x) + BN(conv(relu(BN(conv(x)))))); 1x1 conv shortcut when shapes change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBN(c_in, c_out, stride)
+        self.conv2 = ConvBN(c_out, c_out, act=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.shortcut(x) + self.conv2(self.conv1(x)))
+
+
+class ResNet(nn.Module):
+    """Stem (conv + optional stride / max-pool), residual stages, global average pool, Linear."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        stem_stride: int = 1,
+        stem_pool: bool = True,
+    ) -> None:
+        super().__init__()
+        stem: list[nn.Module] = [ConvBN(in_channels, widths[0], stride=stem_stride)]
+        if stem_pool:
+            stem.append(nn.MaxPool2d(2))
+        self.stem = nn.Sequential(*stem)
+        stages, c = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            stage = [ResidualBlock(c, w, stride=1 if i == 0 else 2)]
+            stage += [ResidualBlock(w, w) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*stage))
+            c = w
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        self.image_size = tuple(image_size)  # recorded for checkpoints; any size works
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))  # (B, widths[-1], h, w)
+        return self.fc(self.pool(x).flatten(1))  # (B, num_classes) logits
+
+
+WIDTHS = {"s": (16, 32, 64), "m": (24, 48, 96), "l": (32, 64, 128)}
+
+
+@register_model(
+    "resnet-digits",
+    in_channels=1,
+    num_classes=10,
+    image_size=(28, 28),
+    recipe={"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "epochs": 12},
+)
+def resnet_digits(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: tuple[int, int] = (28, 28),
+    width: str = "l",
+) -> ResNet:
+    """Small ResNet for digits: conv stem + pool to 14x14, 3 residual stages, GAP."""
+    # (B, 1, 28, 28) -> stem (B, 32, 14, 14) -> (B, 32, 14, 14) -> (B, 64, 7, 7)
+    # -> (B, 128, 4, 4) -> GAP (B, 128) -> (B, 10)
+    return ResNet(in_channels, num_classes, image_size, WIDTHS[width], (1, 1, 1))
+
+
+@register_model(
+    "resnet-neu",
+    in_channels=1,
+    num_classes=6,
+    image_size=(128, 128),
+    recipe={"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "epochs": 30},
+)
+def resnet_neu(
+    in_channels: int = 1,
+    num_classes: int = 6,
+    image_size: tuple[int, int] = (128, 128),
+    width: str = "m",
+) -> ResNet:
+    """Small ResNet for surface textures: stride-2 stem + pool, 3 residual stages, GAP."""
+    # (B, 1, 128, 128) -> stem (B, 24, 32, 32) -> (B, 24, 32, 32) -> (B, 48, 16, 16)
+    # -> (B, 96, 8, 8) -> GAP (B, 96) -> (B, 6)
+    return ResNet(in_channels, num_classes, image_size, WIDTHS[width], (1, 1, 1), stem_stride=2)

@@ -1,0 +1,121 @@
+"""Named training presets: a model and a recipe chosen for a data set.
+
+`--preset lecture` is the notes' recipe for the notes' models. `--preset best` picks a
+residual CNN with BatchNorm, an augmentation policy for the domain, SGD with a one-cycle
+schedule, label smoothing and an EMA of the weights, and a validation split carved from the
+training images to choose the checkpoint. For MNIST and NEU the settings are fixed (and
+measured, see the README); for any other folder they are derived from the images
+(`best_for_data`). Explicit command-line flags always override a preset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS = ("lecture", "best", "fast")
+
+# Values a preset may set; every key is a TrainConfig field.
+_LECTURE = {
+    "mnist": {"model": "seed-mnist"},
+    "neu": {"model": "seed-neu"},
+}
+
+_BEST_COMMON: dict[str, Any] = {
+    "optimizer": "sgd",
+    "schedule": "onecycle",
+    "weight_decay": 5e-4,
+    "label_smoothing": 0.1,
+    "ema": 0.999,
+    "val_split": 0.1,
+}
+
+_BEST = {
+    "mnist": {
+        **_BEST_COMMON,
+        "model": "resnet-digits",
+        "width": "l",
+        "augment": "digits",
+        "epochs": 12,
+        "batch_size": 128,
+        "lr": 0.1,
+        "val_split": 1 / 12,  # 5000 of the 60000 training digits
+    },
+    "neu": {
+        **_BEST_COMMON,
+        "model": "resnet-neu",
+        "width": "m",
+        "image_size": (128, 128),
+        "augment": "texture",
+        "tta": True,
+        "epochs": 40,
+        "batch_size": 32,
+        "lr": 0.05,
+    },
+}
+
+_FAST = {
+    "mnist": {
+        **_BEST_COMMON,
+        "model": "resnet-digits",
+        "width": "s",
+        "augment": "none",
+        "label_smoothing": 0.0,
+        "ema": None,
+        "val_split": 0.0,
+        "epochs": 1,
+        "batch_size": 64,
+        "lr": 0.1,
+    },
+}
+
+
+def known_data(spec: str) -> str | None:
+    """'mnist' / 'neu' for the built-in data names (any case), else None."""
+    s = str(spec).strip().lower()
+    return s if s in ("mnist", "neu") else None
+
+
+def preset_values(name: str, data: str) -> dict[str, Any] | None:
+    """The fixed settings of preset `name` for built-in data, None when they depend on the data."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    key = known_data(data)
+    table = {"lecture": _LECTURE, "best": _BEST, "fast": _FAST}[name]
+    if key is not None and key in table:
+        return dict(table[key])
+    if name == "best":
+        return None  # decided from the images: best_for_data
+    raise ValueError(f"preset '{name}' is defined for {', '.join(table)} only")
+
+
+def best_for_data(
+    n_train: int, channels: int, size: tuple[int, int], num_classes: int
+) -> dict[str, Any]:
+    """`--preset best` for a folder of images: input size, width and augmentation from the data.
+
+    Small gray images (<= 32 px, as digits or characters) get the digit recipe; anything else is
+    treated like surface inspection images (no natural orientation: flips and rotations,
+    mirrored shifts, brightness / contrast / noise), downscaled so the short side is at most
+    128 px. The width grows with the number of training images, and the number of epochs is
+    chosen so a run makes about 1500 optimizer steps (at least 15 and at most 60 epochs).
+    """
+    h, w = size
+    small = max(h, w) <= 32 and channels == 1
+    if small:
+        values = dict(_BEST["mnist"])
+        values["image_size"] = None
+        batch = 128
+    else:
+        values = dict(_BEST["neu"])
+        scale = min(1.0, 128 / min(h, w))
+        values["image_size"] = (
+            max(16, round(h * scale / 8) * 8),
+            max(16, round(w * scale / 8) * 8),
+        )
+        batch = 32
+    values["width"] = "s" if n_train < 500 else ("m" if n_train < 5000 else "l")
+    steps_per_epoch = max(1, n_train // batch)
+    values["epochs"] = int(min(60, max(15, round(1500 / steps_per_epoch))))
+    values["batch_size"] = batch
+    values["class_weights"] = "auto"
+    return values
