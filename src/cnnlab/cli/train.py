@@ -54,9 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default 0)")
     p.add_argument(
         "--augment",
-        choices=("none", "digits", "texture"),
-        help="digits: small affine moves; texture: flips, rotations, shifts, brightness, "
-        "contrast, noise (default none)",
+        choices=("none", "digits", "texture", "texture-full"),
+        help="digits: small affine moves; texture: flips and 90-degree rotations; "
+        "texture-full: + shifts, brightness, contrast, noise (default none)",
     )
     p.add_argument("--ema", type=float, help="keep an average of the weights, e.g. 0.999")
     p.add_argument(
