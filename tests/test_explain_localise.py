@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from cnnlab.explain.localise import (
+    border_area,
+    border_width,
     box_mask,
     centre_map,
     distance_to_boxes,
     format_table,
     mass_in_boxes,
+    on_border,
     peak,
     pointing_hit,
     scale_boxes,
@@ -50,7 +53,13 @@ def test_pointing_game_hits_misses_and_tolerance() -> None:
     assert not pointing_hit(np.zeros((10, 10)), [(1, 1, 10, 10)])  # an empty map points nowhere
     assert not pointing_hit(heat, [])
     ties = np.ones((3, 3))
-    assert peak(ties) == (0, 0)  # first maximum in row-major order
+    assert peak(ties) == (1, 1)  # the tied maximum nearest the ties' centroid
+    plateau = np.zeros((8, 8))
+    plateau[0:4, 5] = 1.0  # an edge cell upsampled: a 4-pixel plateau along the border
+    assert peak(plateau) == (1, 5)  # its centre (1.5, 5); the first of the two nearest
+    two = np.zeros((5, 5))
+    two[0, 0] = two[4, 4] = 1.0  # apart: one of the maxima, never the empty middle
+    assert peak(two) == (0, 0)
 
 
 def test_mass_in_boxes_is_the_share_inside() -> None:
@@ -84,10 +93,20 @@ def test_centre_map_peaks_at_the_centre() -> None:
     assert peak(centre_map((200, 200))) == (100, 100)
 
 
+def test_border_band() -> None:
+    assert border_width((200, 200)) == 8 and border_width((28, 28)) == 1
+    assert border_width((10, 300)) == 1  # the shorter side decides
+    assert on_border((7, 100), (200, 200)) and not on_border((8, 100), (200, 200))
+    assert on_border((100, 192), (200, 200)) and not on_border((100, 191), (200, 200))
+    assert border_area((200, 200)) == pytest.approx(1 - 184**2 / 200**2)
+    assert border_area((2, 2)) == 1.0
+
+
 def test_score_maps_per_class_with_known_answers() -> None:
     h = np.zeros((4, 10, 10))
     h[0, 1, 1] = 1.0  # class a: hit, all mass in its box
-    h[1, 8, 8], h[1, 1, 1] = 1.0, 1.0  # class a: the first max (1, 1) is outside -> miss, mass 0.5
+    # class a: two maxima as far from their centroid; the first, (0, 1), is outside -> miss
+    h[1, 8, 8], h[1, 0, 1] = 1.0, 1.0  # mass 0.5
     h[2] = 0.0  # class b: empty map -> miss, mass 0
     h[3, 5, 5] = 2.0  # class b: hit
     h[3, 0, 0] = 2.0 - 1e-9  # almost equal, outside: mass 2 / (4 - 1e-9)
@@ -106,6 +125,9 @@ def test_score_maps_per_class_with_known_answers() -> None:
     assert a["baseline"]["mass_uniform"] == pytest.approx((9 + 9) / 100 / 2)
     assert b["baseline"]["mass_uniform"] == pytest.approx((1.0 + 0.09) / 2)
     assert r["all"]["n"] == 4 and r["all"]["pointing"] == 0.5
+    # maxima on the 1-px border: image 1's (0, 1) only; an empty map has no maximum
+    assert a["peak_on_border"] == 0.5 and b["peak_on_border"] == 0.0
+    assert r["macro"]["peak_on_border"] == 0.25
     assert r["macro"]["pointing"] == 0.5  # classes without images do not count
     assert r["macro"]["mass_in_boxes"] == pytest.approx(
         (a["mass_in_boxes"] + b["mass_in_boxes"]) / 2
@@ -120,7 +142,9 @@ def test_format_table_lists_every_scored_class() -> None:
     h[:, 0, 0] = 1
     r = score_maps(h, [[(1, 1, 2, 2)], [(3, 3, 4, 4)]], [0, 1], [0, 0], ["crazing", "scratches"])
     r.update({"layer": "features.2", "target": "true", "split": "test", "n": 2})
+    r.update({"border_px": 1, "border_area": border_area((4, 4))})
     r["split_source"] = "the run's split.json"
     text = format_table(r)
     assert "crazing" in text and "scratches" in text and "class mean" in text
     assert "100.0%" in text and "0.0%" in text
+    assert "outer 1 px of the image (75.0% of its area)" in text

@@ -1,11 +1,15 @@
 """Scoring explanations against annotated boxes: does the heatmap point at the defect?
 
 Two measures per image, computed on the heatmap at the boxes' resolution:
-- pointing game (Zhang et al., 2016): a hit when the heatmap's maximum (first in row-major
-  order) lies inside a box, or within `tolerance` pixels of one;
+- pointing game (Zhang et al., 2016): a hit when the heatmap's maximum (`peak`) lies inside
+  a box, or within `tolerance` pixels of one;
 - mass in boxes: the share of the heatmap's total inside the boxes.
 Baselines say what chance gives: a map peaking at the image centre for the pointing game, a
 uniform map for the mass (its share is the boxes' area fraction).
+
+A third number says whether the map looks at the image itself: the share of maxima on the
+image border (its outer `border_width` pixels), where zero padding lets a network
+find evidence that is no defect.
 
 Boxes are Pascal VOC (xmin, ymin, xmax, ymax): 1-based, inclusive pixel indices, so
 (1, 1, W, H) is the whole image. An all-zero heatmap points nowhere: a miss with mass 0.
@@ -65,10 +69,23 @@ def scale_boxes(
 
 
 def peak(heat: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the heatmap's maximum, the first one in row-major order."""
+    """(row, col) of the heatmap's maximum; among tied maxima the one nearest their centroid.
+
+    Upsampling a coarse map clamps at the image edge, so a maximum in an edge cell is a
+    plateau of equal pixels; its centre, not its first pixel, is where the map points.
+
+    Examples
+    --------
+    >>> peak(np.array([[0, 1, 1, 1], [0, 0, 0, 0]]))
+    (0, 2)
+    """
     heat = np.asarray(heat)
-    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return int(r), int(c)
+    rows, cols = np.nonzero(heat == heat.max())
+    if len(rows) == 0:  # NaN in the map
+        r, c = np.unravel_index(int(np.nanargmax(heat)), heat.shape)
+        return int(r), int(c)
+    i = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))  # first on ties
+    return int(rows[i]), int(cols[i])
 
 
 def distance_to_boxes(point: tuple[int, int], boxes: Sequence[Box]) -> float:
@@ -106,6 +123,29 @@ def mass_in_boxes(heat: np.ndarray, boxes: Sequence[Box]) -> float:
     return float(heat[box_mask(boxes, heat.shape)].sum() / total)
 
 
+def border_width(shape: tuple[int, int]) -> int:
+    """Width of the border band in pixels: 4% of the shorter side, at least 1.
+
+    8 px at 200: one cell of seed-neu's 25x25 last-block map (and two of a 50x50 one), so
+    the band's area share is also the chance that a random cell of such a map is on the edge.
+    """
+    return max(1, round(0.04 * min(shape)))
+
+
+def border_area(shape: tuple[int, int]) -> float:
+    """Share of the image in the border band: where a randomly placed maximum lands by chance."""
+    h, w = shape
+    b = border_width(shape)
+    return 1.0 - max(0, h - 2 * b) * max(0, w - 2 * b) / (h * w)
+
+
+def on_border(point: tuple[int, int], shape: tuple[int, int]) -> bool:
+    """True when (row, col) lies in the outer `border_width(shape)` pixels of the image."""
+    r, c = point
+    h, w = shape
+    return min(r, c, h - 1 - r, w - 1 - c) < border_width(shape)
+
+
 def centre_map(shape: tuple[int, int]) -> np.ndarray:
     """A baseline map peaking at the centre pixel (H // 2, W // 2) and falling off linearly."""
     h, w = shape
@@ -125,6 +165,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "correct": int(sum(r["correct"] for r in rows)),
         "pointing": mean("hit"),
         "mass_in_boxes": mean("mass"),
+        "peak_on_border": mean("border"),
         "empty_maps": int(sum(r["empty"] for r in rows)),
         "baseline": {"pointing_centre": mean("centre_hit"), "mass_uniform": mean("uniform_mass")},
     }
@@ -143,7 +184,8 @@ def score_maps(
 
     heats: (N, H, W) maps; boxes: per image, at the maps' resolution; labels / predicted:
     class indices into class_names. Each class entry holds n, correct, pointing,
-    mass_in_boxes, empty_maps and the baseline's pointing_centre and mass_uniform.
+    mass_in_boxes, peak_on_border, empty_maps and the baseline's pointing_centre and
+    mass_uniform.
     """
     heats = np.asarray(heats)
     if not len(heats) == len(boxes) == len(labels) == len(predicted):
@@ -160,6 +202,7 @@ def score_maps(
                 "hit": pointing_hit(heat, bx, tolerance=tolerance),
                 "mass": mass_in_boxes(heat, bx),
                 "empty": empty,
+                "border": not empty and on_border(peak(heat), shape),
                 "centre_hit": pointing_hit(centre, bx, tolerance=tolerance),
                 "uniform_mass": float(box_mask(bx, shape).mean()),
             }
@@ -170,7 +213,7 @@ def score_maps(
     scored = [s for s in per_class.values() if s["n"]]
     macro = {
         key: float(np.mean([s[key] for s in scored])) if scored else None
-        for key in ("pointing", "mass_in_boxes")
+        for key in ("pointing", "mass_in_boxes", "peak_on_border")
     }
     macro["baseline"] = {
         key: float(np.mean([s["baseline"][key] for s in scored])) if scored else None
@@ -258,6 +301,8 @@ def score_localisation(
         "target": "predicted" if use_predicted else "true",
         "tolerance": tolerance,
         "image_size": list(heats.shape[1:]),
+        "border_px": border_width(tuple(heats.shape[1:])),
+        "border_area": border_area(tuple(heats.shape[1:])),
         "n": len(keep),
         "skipped_without_boxes": skipped,
         "accuracy": float((pred == y).mean()),
@@ -276,7 +321,7 @@ def format_table(result: dict[str, Any]) -> str:
     width = max(9, *(len(n) for n, _ in rows)) if rows else 9
     head = (
         f"{'class':<{width}} {'n':>4} {'correct':>7} {'pointing':>9} {'mass':>7} "
-        f"{'| centre':>9} {'uniform':>8}"
+        f"{'border':>7} {'| centre':>9} {'uniform':>8}"
     )
     lines = [
         f"Grad-CAM at {result['layer']} for the {result['target']} class, "
@@ -287,17 +332,21 @@ def format_table(result: dict[str, Any]) -> str:
         b = s["baseline"]
         lines.append(
             f"{name:<{width}} {s['n']:>4} {s['correct']:>7} {pct(s['pointing']):>9} "
-            f"{pct(s['mass_in_boxes']):>7} | {pct(b['pointing_centre']):>7} "
+            f"{pct(s['mass_in_boxes']):>7} {pct(s['peak_on_border']):>7} | "
+            f"{pct(b['pointing_centre']):>7} "
             f"{pct(b['mass_uniform']):>8}"
         )
     m = result["macro"]
     lines.append(
         f"{'class mean':<{width}} {'':>4} {'':>7} {pct(m['pointing']):>9} "
-        f"{pct(m['mass_in_boxes']):>7} | {pct(m['baseline']['pointing_centre']):>7} "
+        f"{pct(m['mass_in_boxes']):>7} {pct(m['peak_on_border']):>7} | "
+        f"{pct(m['baseline']['pointing_centre']):>7} "
         f"{pct(m['baseline']['mass_uniform']):>8}"
     )
     lines.append(
         "pointing: heatmap maximum inside a box; mass: share of the heatmap inside boxes; "
-        "centre / uniform: the same for a centre-peaked / uniform map (chance)"
+        f"border: maximum in the outer {result.get('border_px', '?')} px of the image "
+        f"({pct(result.get('border_area'))} of its area); "
+        "centre / uniform: pointing / mass of a centre-peaked / uniform map (chance)"
     )
     return "\n".join(lines)

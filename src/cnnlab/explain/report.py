@@ -264,51 +264,46 @@ def _gradcam_section(
 
 
 def _localisation_section(loc: dict[str, Any]) -> str:
+    keys = ("pointing", "mass_in_boxes", "peak_on_border")
     rows = []
     for name, s in [*loc["per_class"].items(), ("all images", loc["all"])]:
-        if not s["n"]:
-            continue
-        b = s["baseline"]
-        rows.append(
-            [
-                name,
-                s["n"],
-                s["correct"],
-                _pct(s["pointing"]),
-                _pct(s["mass_in_boxes"]),
-                _pct(b["pointing_centre"]),
-                _pct(b["mass_uniform"]),
-            ]
-        )
+        if s["n"]:
+            b = s["baseline"]
+            cells = [_pct(s[k]) for k in keys]
+            rows.append(
+                [
+                    name,
+                    s["n"],
+                    s["correct"],
+                    *cells,
+                    _pct(b["pointing_centre"]),
+                    _pct(b["mass_uniform"]),
+                ]
+            )
     m = loc["macro"]
+    cells = [_pct(m[k]) for k in keys]
+    base = m["baseline"]
     rows.append(
-        [
-            "class mean",
-            "",
-            "",
-            _pct(m["pointing"]),
-            _pct(m["mass_in_boxes"]),
-            _pct(m["baseline"]["pointing_centre"]),
-            _pct(m["baseline"]["mass_uniform"]),
-        ]
+        ["class mean", "", "", *cells, _pct(base["pointing_centre"]), _pct(base["mass_uniform"])]
     )
+    head = [
+        "class",
+        "n",
+        "correct",
+        "pointing",
+        "mass in boxes",
+        "border",
+        "centre pointing",
+        "uniform mass",
+    ]
     return (
         "<h3>Localisation against the annotated boxes</h3>"
         f"<p>Grad-CAM for the {_e(loc['target'])} class on {loc['n']} images. Pointing: the "
-        "heatmap's maximum lies in a box; mass: the share of the heatmap inside boxes. The "
-        "baseline columns give the same for a centre-peaked map and a uniform map (chance).</p>"
-        + table(
-            [
-                "class",
-                "n",
-                "correct",
-                "pointing",
-                "mass in boxes",
-                "centre pointing",
-                "uniform mass",
-            ],
-            rows,
-        )
+        "heatmap's maximum lies in a box; mass: the share of the heatmap inside boxes; border: "
+        f"the maximum lies in the outer {loc['border_px']} px of the image "
+        f"({_pct(loc['border_area'])} of its area), where zero padding, not the surface, "
+        "gives the evidence. The baseline columns give pointing for a centre-peaked map and "
+        "mass for a uniform map (chance).</p>" + table(head, rows)
     )
 
 
