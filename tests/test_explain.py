@@ -86,6 +86,12 @@ def test_grad_cam_defaults_to_the_predicted_class_and_leaves_the_model_untouched
         xi = x.clone()
     heat_i, _ = grad_cam(m, xi)
     torch.testing.assert_close(heat_i, heat)
+    with torch.inference_mode():  # called from inside inference mode or no_grad
+        heat_im, _ = grad_cam(m, xi)
+    with torch.no_grad():
+        heat_ng, _ = grad_cam(m, x)
+    torch.testing.assert_close(heat_im, heat)
+    torch.testing.assert_close(heat_ng, heat)
 
 
 def test_grad_cam_rejects_bad_targets_and_layers() -> None:

@@ -177,6 +177,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             layer=args.layer,
             alpha=args.alpha,
             device=args.device,
+            progress=not (args.quiet or args.json),
         )
         failed = sum("error" in r for r in results)
         out.update({"explanations": results, "failed": failed})

@@ -111,6 +111,7 @@ def explain_files(
     layer: str | None = None,
     alpha: float = 0.45,
     device: str = "auto",
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Grad-CAM figure per image file (folders expand): DIR/<stem>-gradcam.png.
 
@@ -148,7 +149,7 @@ def explain_files(
     target_layer = find_layer(model, layer) if layer else default_layer(model, to_input(images[:1]))
     targets = None if class_name is None else np.full(len(arrays), classes.index(class_name))
     heats, probs = grad_cam_images(
-        model, images, targets=targets, layer=target_layer, device=device
+        model, images, targets=targets, layer=target_layer, device=device, progress=progress
     )
     out_dir = Path(out_dir)
     used: set[str] = set()

@@ -110,7 +110,8 @@ def grad_cam(
             model.eval()
             for p, _ in flags:
                 p.requires_grad_(False)  # the graph starts at the layer: less memory, no .grad
-            with torch.enable_grad():
+            # callers may sit in no_grad or inference_mode (a web handler): step out of both
+            with torch.inference_mode(False), torch.enable_grad():
                 # inference tensors cannot enter autograd; a clone outside inference mode can
                 xin = x.detach().clone() if x.is_inference() else x.detach()
                 logits = model(xin).float()  # (N, K)
