@@ -96,10 +96,7 @@ def predict_files(
     ok: list[int] = []
     for f in files:
         try:
-            arr = read_image(f, "keep")
-            if arr.dtype != np.uint8:
-                arr = read_image(f, "L" if channels == 1 else "RGB")
-            arrays.append(to_model_input(arr, channels, size, path=f))
+            arrays.append(read_model_input(f, channels, size))
             ok.append(len(results))
             results.append({"file": str(f)})
         except CnnlabError as e:
@@ -137,6 +134,14 @@ def to_model_input(
         return prep(arr, channels, size)
     except ValueError as e:
         raise CnnlabError(str(e), path) from None
+
+
+def read_model_input(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """An image file -> uint8 (C, H, W) at the model's channels and size (16-bit files scaled)."""
+    arr = read_image(path, "keep")
+    if arr.dtype != np.uint8:
+        arr = read_image(path, "L" if channels == 1 else "RGB")
+    return to_model_input(arr, channels, size, path=path)
 
 
 def plot_predictions(

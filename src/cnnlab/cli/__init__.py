@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.cli import data, demo, filters, train
+from cnnlab.cli import data, demo, explain, filters, train
 from cnnlab.errors import CnnlabError
 
-MODULES = (demo, filters, data, train)
+MODULES = (demo, filters, data, train, explain)
 
 EPILOG = """\
 examples:
@@ -27,6 +27,9 @@ examples:
   cnnlab train --data mnist --model seed-mnist --out runs/mnist
   cnnlab evaluate runs/mnist --data mnist --json
   cnnlab predict runs/mnist digit.png --plot digit-probs.png
+  cnnlab show kernels runs/neu -o kernels.png
+  cnnlab explain runs/neu crazing_1.jpg -o cams/
+  cnnlab report runs/neu -o report.html --data neu
 
 Run `cnnlab COMMAND --help` for a command's options and examples.
 """
