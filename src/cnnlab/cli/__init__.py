@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.cli import data, demo, filters, train
+from cnnlab.cli import confidence, data, demo, filters, train
 from cnnlab.errors import CnnlabError
 
-MODULES = (demo, filters, data, train)
+MODULES = (demo, filters, data, train, confidence)
 
 EPILOG = """\
 examples:
@@ -27,6 +27,7 @@ examples:
   cnnlab train --data mnist --model seed-mnist --out runs/mnist
   cnnlab evaluate runs/mnist --data mnist --json
   cnnlab predict runs/mnist digit.png --plot digit-probs.png
+  cnnlab calibrate runs/neu --data neu
 
 Run `cnnlab COMMAND --help` for a command's options and examples.
 """
