@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "evaluate",
-        "evaluate a run or model: accuracy, per-class P/R/F1, confusion matrix",
+        "evaluate a run or model: accuracy, per-class P/R/F1, confusion matrix, calibration",
         "  cnnlab evaluate runs/mnist --data mnist\n"
         "  cnnlab evaluate runs/neu --data neu --split test --json\n"
         "  cnnlab evaluate model.safetensors --data holdout/ --split all --out-dir eval/\n"
