@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from cnnlab.runtime import Runtime
 
 N_BINS = 15  # equal-width confidence bins for ECE (Guo et al.'s choice)
-T_BOUNDS = (1e-2, 1e2)  # search range for the temperature; the fit reports hitting a bound
+T_BOUNDS = (1e-2, 1e2)  # search range for the temperature (a bounded search over log T)
 
 
 def softmax_t(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
