@@ -25,11 +25,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reference_probs(run: Path, files: list[Path]) -> np.ndarray:
-    """Independent path: PIL decode, float /255, plain forward, softmax."""
-    model, _ = load_model(run)
+    """Independent path: PIL decode, float /255, plain forward, softmax(logits / T)."""
+    model, meta = load_model(run)
+    t = meta["calibration"]["temperature"]  # fitted on the run's val split by train
     x = np.stack([np.asarray(Image.open(f).convert("L"), dtype=np.float32) / 255 for f in files])
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(x)[:, None]), 1).numpy()
+        return torch.softmax(model(torch.from_numpy(x)[:, None]) / t, 1).numpy()
 
 
 def test_predict_files_match_a_plain_forward_pass(tiny_run: Path, tmp_path: Path) -> None:

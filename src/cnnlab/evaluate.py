@@ -1,7 +1,9 @@
 """Evaluate a trained model on a dataset: metrics as sklearn defines them, plus figures.
 
-Writes confusion_matrix.png (counts and normalised) and misclassified.png (true label,
-predicted label, confidence) into the output folder, and returns the report as a dict.
+Writes confusion_matrix.png (counts and normalised), misclassified.png (true label,
+predicted label, confidence) and reliability.png (calibration) into the output folder, and
+returns the report as a dict. Optional: the reject option (`reject_below`, `reject_curve`,
+cnnlab.reject) and accuracy under corrupted images (`corrupt`, cnnlab.robustness).
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from cnnlab.calibration import (
+    N_BINS,
+    ReliabilityBins,
+    probabilities,
+    reliability_bins,
+    reliability_figure,
+    softmax_t,
+    temperature_of,
+)
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import classification_report
-from cnnlab.predict import predict_images
+from cnnlab.predict import image_logits
+from cnnlab.reject import check_threshold, reject_curve_figure, selective_metrics
+from cnnlab.reject import reject_curve as reject_curve_rows
 from cnnlab.train.checkpoint import load_model
 
 SPLITS = ("test", "val", "train", "all")
@@ -84,8 +98,17 @@ def evaluate_model(
     device: str = "auto",
     plots: bool = True,
     progress: bool = True,
+    reject_below: float | None = None,
+    reject_curve: bool = False,
+    corrupt: bool = False,
+    n_bins: int = N_BINS,
 ) -> dict[str, Any]:
     """Accuracy, per-class precision / recall / F1, confusion matrix (+ PNGs) of a model.
+
+    Also the expected calibration error ("ece", with the model's temperature; and
+    "ece_uncalibrated" when it has one); with `reject_below` P the rejection rate and the
+    accuracy on accepted images; with `reject_curve` both over a grid of P; with `corrupt`
+    the accuracy under brightness, contrast, noise, blur and shift corruptions.
 
     Parameters
     ----------
@@ -93,6 +116,7 @@ def evaluate_model(
     data : dataset spec ("mnist", "neu", a folder, ...) or an ImageDataset
     split : "test" (default), "val", "train" or "all" (every image, for a hold-out set)
     out_dir : where the PNGs go; default RUN_DIR/eval-<split>/ (or beside the model file)
+    n_bins : equal-width confidence bins for the ECE
 
     Examples
     --------
@@ -102,6 +126,10 @@ def evaluate_model(
     """
     if split not in SPLITS:
         raise CnnlabError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if reject_below is not None:
+        reject_below = check_threshold(reject_below)
+    if n_bins < 1:
+        raise CnnlabError(f"--bins must be a positive integer, got {n_bins}")
     model_src = Path(model_src)
     # a model file inside a run folder still brings the run's recorded split with it
     folder = model_src if model_src.is_dir() else model_src.parent
@@ -124,11 +152,28 @@ def evaluate_model(
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
-    probs = predict_images(model, part.images, device=device, tta=bool(meta.get("tta")))
+    logits = image_logits(model, part.images, device=device, tta=bool(meta.get("tta")))
+    probs = probabilities(logits, meta)
     y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
     report = classification_report(y_true, y_pred, model_classes)
     report.update({"split": split, "split_source": split_note, "model": str(model_src)})
+    bins = _confidence_report(report, logits, probs, y_true, meta, n_bins)
+    if reject_below is not None:
+        sel = selective_metrics(probs, y_true, reject_below)
+        report.update({k: v for k, v in sel.items() if k != "n"})
+    if reject_curve:
+        report["reject_curve"] = reject_curve_rows(probs, y_true)
+    if corrupt:
+        from cnnlab.robustness import corruption_accuracy
+
+        report["robustness"] = corruption_accuracy(
+            lambda x: image_logits(model, x, device=device, tta=bool(meta.get("tta"))),
+            part.images,
+            y_true,
+            clean_accuracy=report["accuracy"],
+            progress=progress,
+        )
 
     if out_dir is None:
         base = folder
@@ -138,7 +183,64 @@ def evaluate_model(
         report["plots"] = _write_plots(
             out_dir, part, probs, y_true, y_pred, model_classes, report["confusion_matrix"]
         )
+        report["plots"].update(
+            _write_confidence_plots(out_dir, report, bins, probs, y_true, part.images)
+        )
     return report
+
+
+def _confidence_report(
+    report: dict[str, Any],
+    logits: np.ndarray,
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    meta: dict[str, Any],
+    n_bins: int,
+) -> dict[str, ReliabilityBins]:
+    """Add ECE (and the uncalibrated ECE when a temperature is stored); returns the bins."""
+    t = temperature_of(meta)
+    bins = {"uncalibrated": reliability_bins(softmax_t(logits), y_true, n_bins)}
+    if t:
+        bins["calibrated"] = reliability_bins(probs, y_true, n_bins)
+        report["ece_uncalibrated"] = bins["uncalibrated"].ece
+    report["ece"] = bins["calibrated" if t else "uncalibrated"].ece
+    report["ece_bins"] = n_bins
+    report["temperature"] = t
+    report["reliability"] = {name: b.to_dict() for name, b in bins.items()}
+    return bins
+
+
+def _write_confidence_plots(
+    out_dir: Path,
+    report: dict[str, Any],
+    bins: dict[str, ReliabilityBins],
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    images: torch.Tensor,
+) -> dict[str, str]:
+    from cnnlab.plots import save_figure
+
+    n = f"{report['split']} split, {report['n']} images"
+    out = {}
+    try:
+        t = report["temperature"]
+        named = {(f"T = {t:.3f}" if k == "calibrated" else k): b for k, b in bins.items()}
+        out["reliability"] = str(
+            save_figure(reliability_figure(named, title=n), out_dir / "reliability.png")
+        )
+        if "reject_curve" in report:
+            fig = reject_curve_figure(probs, y_true, title=n)
+            out["reject_curve"] = str(save_figure(fig, out_dir / "reject_curve.png"))
+        if "robustness" in report:
+            from cnnlab.robustness import corruption_examples_figure, robustness_figure
+
+            fig = robustness_figure({report["model"]: report["robustness"]}, title=n)
+            out["robustness"] = str(save_figure(fig, out_dir / "robustness.png"))
+            fig = corruption_examples_figure(images[0])
+            out["corruption_examples"] = str(save_figure(fig, out_dir / "corruption_examples.png"))
+    except OSError as e:
+        raise CnnlabError(f"cannot write evaluation plots ({e.strerror or e})", out_dir) from None
+    return out
 
 
 def _write_plots(

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.calibration import probabilities
 from cnnlab.errors import CnnlabError
 from cnnlab.images import is_image_file, read_image
+from cnnlab.reject import check_threshold
 from cnnlab.runtime import setup
 from cnnlab.train.checkpoint import load_model
 from cnnlab.train.engine import predict_logits
@@ -39,20 +41,31 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def image_logits(
+    model: nn.Module, images_u8: torch.Tensor, *, device: str = "auto", tta: bool = False
+) -> np.ndarray:
+    """Logits (N, K) for uint8 (N, C, H, W) images already at the model's size.
+
+    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]).
+    """
+    rt = setup(device)
+    return predict_logits(rt.place(model), images_u8, runtime=rt, tta=tta).numpy()
+
+
 def predict_images(
     model: nn.Module,
     images_u8: torch.Tensor,
     *,
     device: str = "auto",
-    tta: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size.
 
-    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]).
+    With the model's `meta`, its test-time augmentation and calibration temperature (if any)
+    are applied.
     """
-    rt = setup(device)
-    logits = predict_logits(rt.place(model), images_u8, runtime=rt, tta=tta)
-    return torch.softmax(logits, dim=1).numpy()
+    tta = bool((meta or {}).get("tta"))
+    return probabilities(image_logits(model, images_u8, device=device, tta=tta), meta)
 
 
 def _result(probs: np.ndarray, class_names: list[str], top_k: int) -> dict[str, Any]:
@@ -72,12 +85,15 @@ def predict_files(
     top_k: int = 3,
     plot: str | Path | None = None,
     device: str = "auto",
+    reject_below: float | None = None,
 ) -> list[dict[str, Any]]:
     """Label and probabilities for each image file (folders expand to their images).
 
     Each result holds "file" and either "label", "probability", "top_k", "probabilities"
     (and "true_label" when the parent folder is named after one of the model's classes), or
     "error" for a file that could not be read. `plot` draws the notes' image + stem figure.
+    Probabilities carry the model's calibration temperature when it has one; with
+    `reject_below` P, each result also gets "uncertain": top probability < P.
 
     Examples
     --------
@@ -87,6 +103,8 @@ def predict_files(
     """
     if top_k <= 0:
         raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
+    if reject_below is not None:
+        reject_below = check_threshold(reject_below)
     model, meta = load_model(model_src)
     class_names = list(meta["class_names"])
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
@@ -102,11 +120,11 @@ def predict_files(
         except CnnlabError as e:
             results.append({"file": str(f), "error": str(e)})
     if arrays:
-        probs = predict_images(
-            model, torch.from_numpy(np.stack(arrays)), device=device, tta=bool(meta.get("tta"))
-        )
+        probs = predict_images(model, torch.from_numpy(np.stack(arrays)), device=device, meta=meta)
         for i, p in zip(ok, probs, strict=True):
             results[i].update(_result(p, class_names, min(top_k, len(class_names))))
+            if reject_below is not None:
+                results[i]["uncertain"] = bool(p.max() < reject_below)
             parent = Path(results[i]["file"]).parent.name
             if parent in class_names:
                 results[i]["true_label"] = parent

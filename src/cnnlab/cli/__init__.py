@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.cli import data, demo, explain, filters, train
+from cnnlab.cli import confidence, data, demo, explain, filters, train
 from cnnlab.errors import CnnlabError
 
-MODULES = (demo, filters, data, train, explain)
+MODULES = (demo, filters, data, train, confidence, explain)
 
 EPILOG = """\
 examples:
@@ -30,6 +30,7 @@ examples:
   cnnlab show kernels runs/neu -o kernels.png
   cnnlab explain runs/neu crazing_1.jpg -o cams/
   cnnlab report runs/neu -o report.html --data neu
+  cnnlab calibrate runs/neu --data neu
 
 Run `cnnlab COMMAND --help` for a command's options and examples.
 """

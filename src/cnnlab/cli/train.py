@@ -120,10 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "evaluate",
-        "evaluate a run or model: accuracy, per-class P/R/F1, confusion matrix",
+        "evaluate a run or model: accuracy, per-class P/R/F1, confusion matrix, calibration",
         "  cnnlab evaluate runs/mnist --data mnist\n"
         "  cnnlab evaluate runs/neu --data neu --split test --json\n"
-        "  cnnlab evaluate model.safetensors --data holdout/ --split all --out-dir eval/\n",
+        "  cnnlab evaluate model.safetensors --data holdout/ --split all --out-dir eval/\n"
+        "  cnnlab evaluate runs/neu --data neu --reject-below 0.9 --reject-curve\n"
+        "  cnnlab evaluate runs/neu --data neu --corrupt --json\n",
     )
     p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
     p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
@@ -134,6 +136,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which images (default test; all = every image, for a hold-out set)",
     )
     p.add_argument("--out-dir", help="where the PNGs go (default RUN_DIR/eval-<split>/)")
+    p.add_argument(
+        "--reject-below",
+        type=float,
+        metavar="P",
+        help="images with top probability < P are 'uncertain': report the rejection rate "
+        "and the accuracy on the accepted ones",
+    )
+    p.add_argument(
+        "--reject-curve",
+        action="store_true",
+        help="rejection rate and accepted accuracy over a grid of P (+ reject_curve.png)",
+    )
+    p.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="accuracy under brightness, contrast, noise, blur, shift (+ robustness.png)",
+    )
+    p.add_argument("--bins", type=int, default=15, help="confidence bins for the ECE (default 15)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -145,12 +165,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "label and class probabilities for image files or folders",
         "  cnnlab predict runs/mnist digit.png\n"
         "  cnnlab predict runs/neu samples/ --top-k 3 --json\n"
-        "  cnnlab predict runs/mnist digit.png --plot digit-probs.png\n",
+        "  cnnlab predict runs/mnist digit.png --plot digit-probs.png\n"
+        "  cnnlab predict runs/neu samples/ --reject-below 0.9\n",
     )
     p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
     p.add_argument("inputs", metavar="IMAGE|FOLDER", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--plot", metavar="OUT.png", help="draw each image beside its stem plot")
+    p.add_argument(
+        "--reject-below",
+        type=float,
+        metavar="P",
+        help="mark images whose top probability is below P as uncertain (for a person)",
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
@@ -230,6 +257,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.cli.confidence import print_confidence
     from cnnlab.evaluate import evaluate_model
 
     report = evaluate_model(
@@ -239,6 +267,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         device=args.device,
         progress=not (args.quiet or args.json),
+        reject_below=args.reject_below,
+        reject_curve=args.reject_curve,
+        corrupt=args.corrupt,
+        n_bins=args.bins,
     )
     if args.json:
         print_json(report)
@@ -254,6 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} "
             f"{m['support']:>8}"
         )
+    print_confidence(report)
     for kind, path in report.get("plots", {}).items():
         print(f"{kind}: {path}")
     return 0
@@ -263,11 +296,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cnnlab.predict import predict_files
 
     results = predict_files(
-        args.model, args.inputs, top_k=args.top_k, plot=args.plot, device=args.device
+        args.model,
+        args.inputs,
+        top_k=args.top_k,
+        plot=args.plot,
+        device=args.device,
+        reject_below=args.reject_below,
     )
     failed = sum("error" in r for r in results)
     if args.json:
-        print_json({"predictions": results, "failed": failed, "plot": args.plot})
+        print_json(
+            {
+                "predictions": results,
+                "failed": failed,
+                "plot": args.plot,
+                "reject_below": args.reject_below,
+            }
+        )
     else:
         for r in results:
             if "error" in r:
@@ -275,7 +320,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 continue
             tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
             true = f" (true {r['true_label']})" if "true_label" in r else ""
-            print(f"{r['file']}: {r['label']}{true}  [{tops}]")
+            doubt = "  UNCERTAIN (for a person)" if r.get("uncertain") else ""
+            print(f"{r['file']}: {r['label']}{true}  [{tops}]{doubt}")
         if args.plot:
             print(f"plot: {args.plot}")
     if failed:

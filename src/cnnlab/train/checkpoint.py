@@ -173,3 +173,31 @@ def write_model_json(run_dir: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(run_dir) / "model.json"
     write_json(path, meta)
     return path
+
+
+def update_model_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level fields of a MODEL file's JSON (weights unchanged); returns the new JSON.
+
+    The file is rewritten atomically; a run's model.json beside its model.safetensors gets
+    the same fields, so the two stay in step.
+    """
+    from safetensors.torch import save_file
+
+    path = resolve_model_file(path)
+    tensors, raw = read_safetensors(path)
+    if META_KEY not in raw:
+        raise CnnlabError("safetensors file without cnnlab model metadata", path)
+    meta = {**json.loads(raw[META_KEY]), **fields}
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={**raw, META_KEY: json.dumps(meta)})
+    except OSError as e:
+        raise CnnlabError(f"cannot write model ({e.strerror or e})", path) from None
+    beside = path.parent / "model.json"
+    if path.name == MODEL_FILE and beside.is_file():
+        try:
+            on_disk = json.loads(beside.read_text())
+        except (OSError, ValueError):
+            on_disk = meta
+        write_model_json(path.parent, {**on_disk, **fields})
+    return meta

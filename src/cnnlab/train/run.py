@@ -414,6 +414,10 @@ def train(
         te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
+    if val_xy is not None:  # temperature scaling on the val split, stored with the best model
+        from cnnlab.calibration import calibrate_saved_model, calibration_line
+
+        log(calibration_line(calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=rt)))
     write_json(
         run_dir / "metrics.json",
         {

@@ -1,0 +1,89 @@
+"""Subcommand `calibrate`, and the text output of evaluate's confidence and robustness parts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cnnlab.cli.common import add_command, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    p = add_command(
+        sub,
+        "calibrate",
+        "fit a temperature on the run's validation split so that probabilities mean what "
+        "they say; stored in model.safetensors and model.json",
+        "  cnnlab train --data neu --model seed-neu --val-split 0.1 --out runs/neu\n"
+        "  cnnlab calibrate runs/neu --data neu            # (train already did this)\n"
+        "  cnnlab calibrate runs/neu --data neu --json\n",
+    )
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or its model.safetensors")
+    p.add_argument("--data", required=True, help="the dataset the run was trained on")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins for the ECE (default 15)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cnnlab.calibration import calibrate_model, calibration_line
+    from cnnlab.errors import CnnlabError
+
+    if args.bins < 1:
+        raise CnnlabError(f"--bins must be a positive integer, got {args.bins}")
+    r = calibrate_model(
+        args.model,
+        args.data,
+        device=args.device,
+        n_bins=args.bins,
+        progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print_json(r)
+        return 0
+    print(calibration_line(r))
+    print(f"stored in {r['model']}")
+    return 0
+
+
+def print_confidence(report: dict[str, Any]) -> None:
+    """ECE, the reject option and the robustness table of an evaluate report, as text."""
+    line = f"ECE {report['ece']:.4f} ({report['ece_bins']} bins)"
+    if report.get("temperature"):
+        line += (
+            f", temperature {report['temperature']:.3f}; "
+            f"uncalibrated ECE {report['ece_uncalibrated']:.4f}"
+        )
+    else:
+        line += ", no temperature stored (uncalibrated)"
+    print(line)
+    if "reject_below" in report:
+        acc = report["accepted_accuracy"]
+        print(
+            f"reject below {report['reject_below']:g}: {report['rejection_rate']:.2%} sent to a "
+            f"person, accuracy {'n/a' if acc is None else f'{acc:.4f}'} on the "
+            f"{report['n_accepted']} accepted"
+        )
+    if "reject_curve" in report:
+        print(f"{'reject below':>12} {'rejected':>9} {'accepted':>9} {'accuracy':>9}")
+        for r in report["reject_curve"]:
+            acc = r["accepted_accuracy"]
+            print(
+                f"{r['reject_below']:>12g} {r['rejection_rate']:>9.2%} {r['n_accepted']:>9} "
+                f"{'n/a' if acc is None else f'{acc:.4f}':>9}"
+            )
+    if "robustness" in report:
+        rob = report["robustness"]
+        print(f"accuracy under corruption (clean {rob['clean_accuracy']:.4f}):")
+        n_sev = max(len(v) for v in rob["severities"].values())
+        print(f"{'corruption':<15}" + "".join(f"{f'sev {i + 1}':>16}" for i in range(n_sev)))
+        for name, accs in rob["accuracy"].items():
+            cells = "".join(
+                f"{f'{a:.4f} ({p:g})':>16}"
+                for a, p in zip(accs, rob["severities"][name], strict=True)
+            )
+            print(f"{name:<15}{cells}")
+        print(f"{'mean':<15}{rob['mean_corrupted_accuracy']:>16.4f}")
