@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.backends import load_predictor
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import classification_report
-from cnnlab.predict import predict_images
-from cnnlab.train.checkpoint import load_model
+from cnnlab.predict import probabilities
 
 SPLITS = ("test", "val", "train", "all")
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid
@@ -89,7 +89,7 @@ def evaluate_model(
 
     Parameters
     ----------
-    model_src : run folder or .safetensors MODEL file
+    model_src : run folder, .safetensors MODEL file, or an exported .onnx / .pt file
     data : dataset spec ("mnist", "neu", a folder, ...) or an ImageDataset
     split : "test" (default), "val", "train" or "all" (every image, for a hold-out set)
     out_dir : where the PNGs go; default RUN_DIR/eval-<split>/ (or beside the model file)
@@ -106,7 +106,8 @@ def evaluate_model(
     # a model file inside a run folder still brings the run's recorded split with it
     folder = model_src if model_src.is_dir() else model_src.parent
     run_dir = folder if (folder / "split.json").is_file() else None
-    model, meta = load_model(model_src)
+    predictor = load_predictor(model_src, device=device)
+    meta = predictor.meta
     if isinstance(data, ImageDataset):
         ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
     else:
@@ -124,7 +125,7 @@ def evaluate_model(
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
-    probs = predict_images(model, part.images, device=device)
+    probs = probabilities(predictor.logits(part.images), meta).numpy()
     y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
     report = classification_report(y_true, y_pred, model_classes)

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from cnnlab.backends import load_predictor
 from cnnlab.errors import CnnlabError
-from cnnlab.images import is_image_file, read_image
+from cnnlab.images import is_image_file, open_image, pil_to_array
 from cnnlab.runtime import setup
-from cnnlab.train.checkpoint import load_model
 from cnnlab.train.engine import predict_logits
 
 MAX_PLOTTED = 16  # images drawn by --plot
@@ -48,7 +49,12 @@ def predict_images(
     """Class probabilities (N, K) for uint8 (N, C, H, W) images already at the model's size."""
     rt = setup(device)
     logits = predict_logits(rt.place(model), images_u8, runtime=rt)
-    return torch.softmax(logits, dim=1).numpy()
+    return probabilities(logits).numpy()
+
+
+def probabilities(logits: torch.Tensor, meta: dict[str, Any] | None = None) -> torch.Tensor:
+    """Class probabilities from logits (N, K): the one place every backend and command uses."""
+    return torch.softmax(logits.float(), dim=1)
 
 
 def _result(probs: np.ndarray, class_names: list[str], top_k: int) -> dict[str, Any]:
@@ -83,7 +89,8 @@ def predict_files(
     """
     if top_k <= 0:
         raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
-    model, meta = load_model(model_src)
+    predictor = load_predictor(model_src, device=device)
+    meta = predictor.meta
     class_names = list(meta["class_names"])
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
     files = expand_inputs(inputs)
@@ -92,16 +99,14 @@ def predict_files(
     ok: list[int] = []
     for f in files:
         try:
-            arr = read_image(f, "keep")
-            if arr.dtype != np.uint8:
-                arr = read_image(f, "L" if channels == 1 else "RGB")
-            arrays.append(to_model_input(arr, channels, size, path=f))
+            arrays.append(prepare_image(f, channels, size))
             ok.append(len(results))
             results.append({"file": str(f)})
         except CnnlabError as e:
             results.append({"file": str(f), "error": str(e)})
     if arrays:
-        probs = predict_images(model, torch.from_numpy(np.stack(arrays)), device=device)
+        logits = predictor.logits(torch.from_numpy(np.stack(arrays)))
+        probs = probabilities(logits, meta).numpy()
         for i, p in zip(ok, probs, strict=True):
             results[i].update(_result(p, class_names, min(top_k, len(class_names))))
             parent = Path(results[i]["file"]).parent.name
@@ -119,6 +124,22 @@ def predict_files(
             titles=[Path(results[i]["file"]).name for i in ok[:MAX_PLOTTED]],
         )
     return results
+
+
+def prepare_image(
+    image: str | Path | Image.Image, channels: int, size: tuple[int, int]
+) -> np.ndarray:
+    """An image file or decoded PIL image -> uint8 (C, H, W) for the model.
+
+    The one path from a picture to model input for every command and backend (predict,
+    evaluate on files, export checks, serve): 16-bit images are scaled to 8 bits first.
+    """
+    path = image if isinstance(image, (str, Path)) else None
+    img = open_image(image) if path is not None else image
+    arr = pil_to_array(img, "keep")
+    if arr.dtype != np.uint8:
+        arr = pil_to_array(img, "L" if channels == 1 else "RGB")
+    return to_model_input(arr, channels, size, path=path)
 
 
 def to_model_input(

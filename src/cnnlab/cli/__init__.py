@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.cli import data, demo, filters, train
+from cnnlab.cli import data, demo, deploy, filters, train
 from cnnlab.errors import CnnlabError
 
-MODULES = (demo, filters, data, train)
+MODULES = (demo, filters, data, train, deploy)
 
 EPILOG = """\
 examples:
@@ -27,6 +27,8 @@ examples:
   cnnlab train --data mnist --model seed-mnist --out runs/mnist
   cnnlab evaluate runs/mnist --data mnist --json
   cnnlab predict runs/mnist digit.png --plot digit-probs.png
+  cnnlab export runs/mnist -o mnist.onnx        ONNX, checked against PyTorch
+  cnnlab serve runs/mnist --port 8000           HTTP API and a web page
 
 Run `cnnlab COMMAND --help` for a command's options and examples.
 """
