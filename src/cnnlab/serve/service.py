@@ -203,7 +203,8 @@ class Service:
             heat, _ = grad_cam(self._gradcam_model, to_input(torch.from_numpy(np.stack([x]))))
         image = x.transpose(1, 2, 0)
         image = image[..., 0] if image.shape[2] == 1 else image
-        rgb = overlay(image, np.asarray(heat[0]))
+        heat0 = heat[0].detach().cpu().numpy() if torch.is_tensor(heat) else np.asarray(heat[0])
+        rgb = overlay(image, heat0)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         return base64.b64encode(buf.getvalue()).decode("ascii")
