@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab evaluate runs/neu --data neu --split test --json\n"
         "  cnnlab evaluate model.safetensors --data holdout/ --split all --out-dir eval/\n",
     )
-    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder, .safetensors, .onnx or .pt")
     p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
     p.add_argument(
         "--split",
@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab predict runs/neu samples/ --top-k 3 --json\n"
         "  cnnlab predict runs/mnist digit.png --plot digit-probs.png\n",
     )
-    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder, .safetensors, .onnx or .pt")
     p.add_argument("inputs", metavar="IMAGE|FOLDER", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--plot", metavar="OUT.png", help="draw each image beside its stem plot")
