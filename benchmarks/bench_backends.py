@@ -8,6 +8,7 @@ largest |logit| difference between the two on those images.
 
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/mnist-s0 --data mnist
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/neu-s0 --data neu --rounds 3
+    .venv/bin/python benchmarks/bench_backends.py /tmp/tr/mnist-s0 --data mnist --threads 1
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="images per throughput call (256)")
     p.add_argument("--rounds", type=int, default=5, help="throughput rounds per backend (5)")
     p.add_argument("--calls", type=int, default=300, help="single-image calls per backend (300)")
+    p.add_argument("--threads", type=int, help="CPU threads per backend (default: physical cores)")
     p.add_argument("--out", help="write the JSON result here")
     args = p.parse_args()
 
@@ -56,8 +58,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = args.onnx or export_model(args.model, Path(tmp) / "m.onnx", n_check=8)["path"]
         backends = {
-            "torch": load_predictor(args.model, device="cpu"),
-            "onnxruntime": load_predictor(onnx_file),
+            "torch": load_predictor(args.model, device="cpu", threads=args.threads),
+            "onnxruntime": load_predictor(onnx_file, threads=args.threads),
         }
         meta = backends["torch"].meta
         batch = real_images(args.data, meta, args.batch)
@@ -105,7 +107,10 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    print(f"{meta.get('architecture')}: batch {args.batch}, max |logit diff| {diff.max():.3g}")
+    print(
+        f"{meta.get('architecture')}: batch {args.batch}, {result['threads']} thread(s), "
+        f"max |logit diff| {diff.max():.3g}"
+    )
     print(f"{'backend':<12} {'img/s (batch)':>14} {'p50 ms (1 img)':>15} {'p99 ms':>9}")
     for name, r in result["backends"].items():
         print(
