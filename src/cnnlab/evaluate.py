@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.backends import load_predictor
 from cnnlab.calibration import (
     N_BINS,
     ReliabilityBins,
@@ -27,10 +28,8 @@ from cnnlab.calibration import (
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import classification_report
-from cnnlab.predict import image_logits
 from cnnlab.reject import check_threshold, reject_curve_figure, selective_metrics
 from cnnlab.reject import reject_curve as reject_curve_rows
-from cnnlab.train.checkpoint import load_model
 
 SPLITS = ("test", "val", "train", "all")
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid
@@ -112,7 +111,7 @@ def evaluate_model(
 
     Parameters
     ----------
-    model_src : run folder or .safetensors MODEL file
+    model_src : run folder, .safetensors MODEL file, or an exported .onnx / .pt file
     data : dataset spec ("mnist", "neu", a folder, ...) or an ImageDataset
     split : "test" (default), "val", "train" or "all" (every image, for a hold-out set)
     out_dir : where the PNGs go; default RUN_DIR/eval-<split>/ (or beside the model file)
@@ -134,7 +133,8 @@ def evaluate_model(
     # a model file inside a run folder still brings the run's recorded split with it
     folder = model_src if model_src.is_dir() else model_src.parent
     run_dir = folder if (folder / "split.json").is_file() else None
-    model, meta = load_model(model_src)
+    predictor = load_predictor(model_src, device=device)
+    meta = predictor.meta
     if isinstance(data, ImageDataset):
         ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
     else:
@@ -152,7 +152,7 @@ def evaluate_model(
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
-    logits = image_logits(model, part.images, device=device, tta=bool(meta.get("tta")))
+    logits = predictor.logits(part.images).numpy()
     probs = probabilities(logits, meta)
     y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
@@ -168,7 +168,7 @@ def evaluate_model(
         from cnnlab.robustness import corruption_accuracy
 
         report["robustness"] = corruption_accuracy(
-            lambda x: image_logits(model, x, device=device, tta=bool(meta.get("tta"))),
+            lambda x: predictor.logits(x).numpy(),
             part.images,
             y_true,
             clean_accuracy=report["accuracy"],

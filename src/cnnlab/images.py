@@ -6,6 +6,7 @@ non-image file is one clear line for the user, never a traceback.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,14 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+class NotAnImageError(CnnlabError):
+    """The bytes are not an image format Pillow decodes (a server answers 415)."""
+
+
+class ImageTooLargeError(CnnlabError):
+    """More pixels than allowed, or a decompression bomb (a server answers 413)."""
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file, turning every failure into a one-line error."""
     path = Path(path)
@@ -34,24 +43,33 @@ def open_image(path: str | Path) -> Image.Image:
         raise CnnlabError("no such file", path)
     if path.is_dir():
         raise CnnlabError("is a folder, expected an image file", path)
+    return _decode(path, path, MAX_PIXELS)
+
+
+def decode_image(data: bytes, *, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image held in memory (an upload) with the same checks and errors as a file."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, where: str | Path, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if img.width * img.height > MAX_PIXELS:
-                raise CnnlabError(
-                    f"image is {img.width}x{img.height} pixels, more than {MAX_PIXELS} allowed",
-                    path,
+            img = Image.open(source)
+            if img.width * img.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {img.width}x{img.height} pixels, more than {max_pixels} allowed",
+                    where,
                 )
             img.load()
     except CnnlabError:
         raise
     except UnidentifiedImageError:
-        raise CnnlabError("not an image file cnnlab can read", path) from None
+        raise NotAnImageError("not an image file cnnlab can read", where) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise CnnlabError(f"image refused as a decompression bomb ({e})", path) from None
+        raise ImageTooLargeError(f"image refused as a decompression bomb ({e})", where) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise CnnlabError(f"unreadable or truncated image ({e})", path) from None
+        raise CnnlabError(f"unreadable or truncated image ({e})", where) from None
     return img
 
 

@@ -13,14 +13,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from cnnlab.backends import load_predictor
 from cnnlab.calibration import probabilities
 from cnnlab.errors import CnnlabError
-from cnnlab.images import is_image_file, read_image
+from cnnlab.images import is_image_file, open_image, pil_to_array
 from cnnlab.reject import check_threshold
 from cnnlab.runtime import setup
-from cnnlab.train.checkpoint import load_model
 from cnnlab.train.engine import predict_logits
 
 MAX_PLOTTED = 16  # images drawn by --plot
@@ -105,7 +106,8 @@ def predict_files(
         raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
     if reject_below is not None:
         reject_below = check_threshold(reject_below)
-    model, meta = load_model(model_src)
+    predictor = load_predictor(model_src, device=device)
+    meta = predictor.meta
     class_names = list(meta["class_names"])
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
     files = expand_inputs(inputs)
@@ -114,13 +116,13 @@ def predict_files(
     ok: list[int] = []
     for f in files:
         try:
-            arrays.append(read_model_input(f, channels, size))
+            arrays.append(prepare_image(f, channels, size))
             ok.append(len(results))
             results.append({"file": str(f)})
         except CnnlabError as e:
             results.append({"file": str(f), "error": str(e)})
     if arrays:
-        probs = predict_images(model, torch.from_numpy(np.stack(arrays)), device=device, meta=meta)
+        probs = probabilities(predictor.logits(torch.from_numpy(np.stack(arrays))), meta)
         for i, p in zip(ok, probs, strict=True):
             results[i].update(_result(p, class_names, min(top_k, len(class_names))))
             if reject_below is not None:
@@ -142,6 +144,22 @@ def predict_files(
     return results
 
 
+def prepare_image(
+    image: str | Path | Image.Image, channels: int, size: tuple[int, int]
+) -> np.ndarray:
+    """An image file or decoded PIL image -> uint8 (C, H, W) for the model.
+
+    The one path from a picture to model input for every command and backend (predict,
+    evaluate on files, export checks, serve): 16-bit images are scaled to 8 bits first.
+    """
+    path = image if isinstance(image, (str, Path)) else None
+    img = open_image(image) if path is not None else image
+    arr = pil_to_array(img, "keep")
+    if arr.dtype != np.uint8:
+        arr = pil_to_array(img, "L" if channels == 1 else "RGB")
+    return to_model_input(arr, channels, size, path=path)
+
+
 def to_model_input(
     arr: np.ndarray, channels: int, size: tuple[int, int], *, path: str | Path | None = None
 ) -> np.ndarray:
@@ -152,14 +170,6 @@ def to_model_input(
         return prep(arr, channels, size)
     except ValueError as e:
         raise CnnlabError(str(e), path) from None
-
-
-def read_model_input(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """An image file -> uint8 (C, H, W) at the model's channels and size (16-bit files scaled)."""
-    arr = read_image(path, "keep")
-    if arr.dtype != np.uint8:
-        arr = read_image(path, "L" if channels == 1 else "RGB")
-    return to_model_input(arr, channels, size, path=path)
 
 
 def plot_predictions(

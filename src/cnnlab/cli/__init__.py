@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.cli import confidence, data, demo, explain, filters, train
+from cnnlab.cli import confidence, data, demo, deploy, explain, filters, train
 from cnnlab.errors import CnnlabError
 
-MODULES = (demo, filters, data, train, confidence, explain)
+MODULES = (demo, filters, data, train, confidence, explain, deploy)
 
 EPILOG = """\
 examples:
@@ -31,6 +31,8 @@ examples:
   cnnlab explain runs/neu crazing_1.jpg -o cams/
   cnnlab report runs/neu -o report.html --data neu
   cnnlab calibrate runs/neu --data neu
+  cnnlab export runs/mnist -o mnist.onnx        ONNX, checked against PyTorch
+  cnnlab serve runs/mnist --port 8000           HTTP API and a web page
 
 Run `cnnlab COMMAND --help` for a command's options and examples.
 """

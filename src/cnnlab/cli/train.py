@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab evaluate runs/neu --data neu --reject-below 0.9 --reject-curve\n"
         "  cnnlab evaluate runs/neu --data neu --corrupt --json\n",
     )
-    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder, .safetensors, .onnx or .pt")
     p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
     p.add_argument(
         "--split",
@@ -168,7 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab predict runs/mnist digit.png --plot digit-probs.png\n"
         "  cnnlab predict runs/neu samples/ --reject-below 0.9\n",
     )
-    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or .safetensors model")
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder, .safetensors, .onnx or .pt")
     p.add_argument("inputs", metavar="IMAGE|FOLDER", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--plot", metavar="OUT.png", help="draw each image beside its stem plot")

@@ -1,7 +1,7 @@
 """Looking inside a trained run from files: kernels, feature maps and Grad-CAM figures.
 
 What `cnnlab show` and `cnnlab explain IMAGE...` call. Image files become model input through
-`cnnlab.predict.read_model_input` and `cnnlab.train.engine.to_input`, exactly as in
+`cnnlab.predict.prepare_image` and `cnnlab.train.engine.to_input`, exactly as in
 `predict` and training.
 """
 
@@ -65,7 +65,7 @@ def show_features(
     """Draw the feature maps after each conv block (or after `layers`) for one image file."""
     from cnnlab.explain.features import feature_maps
     from cnnlab.explain.figures import MAPS_PER_BLOCK, features_figure
-    from cnnlab.predict import read_model_input
+    from cnnlab.predict import prepare_image
     from cnnlab.runtime import setup
     from cnnlab.train.checkpoint import load_model
     from cnnlab.train.engine import to_input
@@ -74,7 +74,7 @@ def show_features(
         raise CnnlabError(f"--per-block must be a positive integer, got {per_block}")
     model, meta = load_model(model_src)
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
-    arr = read_model_input(image, channels, size)  # (C, H, W) uint8
+    arr = prepare_image(image, channels, size)  # (C, H, W) uint8
     rt = setup(device)
     model = rt.place(model)
     x = to_input(torch.tensor(arr)[None].to(rt.device), rt)
@@ -122,7 +122,7 @@ def explain_files(
     from cnnlab.explain.figures import gradcam_figure
     from cnnlab.explain.gradcam import default_layer, find_layer, grad_cam_images
     from cnnlab.explain.localise import peak
-    from cnnlab.predict import expand_inputs, read_model_input
+    from cnnlab.predict import expand_inputs, prepare_image
     from cnnlab.train.checkpoint import load_model
     from cnnlab.train.engine import to_input
 
@@ -138,7 +138,7 @@ def explain_files(
     arrays, ok = [], []
     for f in files:
         try:
-            arrays.append(read_model_input(f, channels, size))
+            arrays.append(prepare_image(f, channels, size))
             ok.append(len(results))
             results.append({"file": str(f)})
         except CnnlabError as e:
