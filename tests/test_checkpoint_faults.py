@@ -222,6 +222,6 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
     raw = bytearray(prev.read_bytes())
     raw[-1] ^= 1
     prev.write_bytes(bytes(raw))
-    with pytest.raises(CnnlabError, match="no intact checkpoint.*corrupted"):
+    with pytest.raises(CnnlabError, match=r"no intact checkpoint.*corrupted"):
         load_checkpoint(tmp_path, log=logs.append)
     assert load_checkpoint(tmp_path / "nothing-here", log=logs.append) is None
