@@ -149,6 +149,17 @@ def load_optimizer_state(
     for pid, values in saved["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    # give each moment its parameter's memory layout: the fused CPU Adam of torch 2.13 updates
+    # a channels_last parameter wrongly from a (saved, contiguous) NCHW moment
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    optimizer.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def save_last(
@@ -285,18 +296,12 @@ def update_model_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
     The file is rewritten atomically; a run's model.json beside its model.safetensors gets
     the same fields, so the two stay in step.
     """
-    from safetensors.torch import save_file
-
     path = resolve_model_file(path)
     tensors, raw = read_safetensors(path)
     if META_KEY not in raw:
         raise CnnlabError("safetensors file without cnnlab model metadata", path)
     meta = {**json.loads(raw[META_KEY]), **fields}
-    try:
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={**raw, META_KEY: json.dumps(meta)})
-    except OSError as e:
-        raise CnnlabError(f"cannot write model ({e.strerror or e})", path) from None
+    write_safetensors(path, tensors, {**raw, META_KEY: json.dumps(meta)})  # a new checksum
     beside = path.parent / "model.json"
     if path.name == MODEL_FILE and beside.is_file():
         try:

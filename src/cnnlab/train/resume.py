@@ -1,12 +1,13 @@
 """Continuing an interrupted run: what a checkpoint holds, and putting it back.
 
 At an epoch boundary a run is fully described by the model weights, the optimizer state
-(Adam's moments and step), the EMA weights (if any), the epoch number, the best-model
-tracking (best validation loss, its epoch, epochs without improvement), the history rows,
-and the random states (torch's global generator, CUDA's, the batch-order generator). All of
-it goes into `last.safetensors` after every epoch; `train(..., resume=True)` (the CLI's
-`cnnlab train --resume RUN_DIR`) restores it and runs the remaining epochs, so on the CPU a
-run killed mid-epoch ends bit-identical to one never interrupted.
+(Adam's moments and step; the learning rate is a function of the global step), the EMA
+weights (if any), the epoch number, the best-model tracking (best validation loss, its
+epoch, epochs without improvement), the history rows and torch's global random states (CPU,
+CUDA); batch order and augmentation come from generators seeded by (seed, epoch) and need no
+saving. All of it goes into `last.safetensors` after every epoch; `train(..., resume=True)`
+(the CLI's `cnnlab train --resume RUN_DIR`) restores it and runs the remaining epochs, so on
+the CPU a run killed mid-epoch ends bit-identical to one never interrupted.
 
 A damaged `last.safetensors` (checksum mismatch, truncated) is reported and the previous
 checkpoint (`previous.safetensors`, one epoch older) is used; if neither is intact, resuming
@@ -23,7 +24,7 @@ import math
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,11 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _rng_tensors(generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             out[f"rng.cuda.{i}"] = s
-    if generator is not None:
-        out["rng.generator"] = generator.get_state()
     return out
 
 
@@ -97,13 +96,14 @@ def save_checkpoint(
     meta: dict[str, Any],
     state: RunState,
     *,
-    generator: torch.Generator | None = None,
     ema: nn.Module | None = None,
 ) -> Path:
     """Write the full training state after `state.epoch` epochs to `path` (last.safetensors)."""
-    extra = _rng_tensors(generator)
+    extra = _rng_tensors()
     if ema is not None:
-        extra.update({f"ema.{k}": v.detach().cpu() for k, v in ema.state_dict().items()})
+        extra.update(
+            {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+        )
     return save_last(
         path,
         model,
@@ -181,7 +181,6 @@ def restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
-    generator: torch.Generator | None = None,
     ema: nn.Module | None = None,
 ) -> RunState:
     """Load weights, optimizer, EMA and random states from `ckpt`; returns where the run was."""
@@ -198,9 +197,17 @@ def restore(
     cuda = [t[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in t]
     if cuda:
         torch.cuda.set_rng_state_all(cuda)
-    if generator is not None and "rng.generator" in t:
-        generator.set_state(t["rng.generator"])
     return ckpt.state
+
+
+def given_settings(config: Any) -> dict[str, Any]:
+    """The fields of a TrainConfig that differ from their defaults (what a user asked for)."""
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value is not None and (f.default is MISSING or value != f.default):
+            out[f.name] = value
+    return out
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> Any:
