@@ -1,7 +1,8 @@
 """A training run: dataset -> model -> epochs -> a run folder users pass around.
 
 Run folder contents: model.safetensors (best weights, self-contained MODEL), model.json,
-last.safetensors (model + optimizer after the last epoch), config.json (exact configuration,
+last.safetensors (the full training state after the last epoch, for --resume) and
+previous.safetensors (the one before), config.json (exact configuration,
 runtime, dataset summary), split.json (splits by file name), history.csv, curves.png and
 metrics.json (test metrics of the best model).
 """
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -365,11 +367,9 @@ def train(
             "cnnlab_version": __version__,
         },
     )
-    if is_main:
-        with guarded_writes(run_dir):
-            write_json(run_dir / "config.json", config_record)
-            write_json(run_dir / "split.json", dataset.split_manifest())
-            write_model_json(run_dir, meta)
+    distributed.on_main(
+        world, partial(_write_start, run_dir, config_record, dataset.split_manifest(), meta)
+    )
     net, model = model, distributed.wrap(model, world)  # net: the plain module, for saving
 
     steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
@@ -441,12 +441,10 @@ def train(
         else:
             bad_epochs += 1
         state = RunState(epoch, best_loss, best_epoch, bad_epochs, history, state.data_sha256)
-        if is_main:
-            with guarded_writes(run_dir):
-                if improved and val_xy is not None:
-                    save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": epoch})
-                save_checkpoint(run_dir / LAST_FILE, net, opt, meta, state, ema=ema)
-                write_text(run_dir / "history.csv", history_csv(history))
+
+        best = eval_model if improved and val_xy is not None else None
+        write = partial(_write_epoch, run_dir, net, best, opt, meta, state, ema)
+        distributed.on_main(world, write)  # a failed write stops every rank
         if cfg.patience is not None and bad_epochs >= cfg.patience:
             log(
                 f"early stop: val loss has not improved for {cfg.patience} epoch(s); "
@@ -490,6 +488,33 @@ def train(
             },
         )
     return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+
+
+def _write_start(
+    run_dir: Path, record: dict[str, Any], split: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Before the first epoch: config.json, split.json, model.json."""
+    with guarded_writes(run_dir):
+        write_json(run_dir / "config.json", record)
+        write_json(run_dir / "split.json", split)
+        write_model_json(run_dir, meta)
+
+
+def _write_epoch(
+    run_dir: Path,
+    model: torch.nn.Module,
+    best: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    state: RunState,
+    ema: torch.nn.Module | None,
+) -> None:
+    """After an epoch: the best model (when it improved), the checkpoint, history.csv."""
+    with guarded_writes(run_dir):
+        if best is not None:
+            save_model(run_dir / MODEL_FILE, best, {**meta, "epoch": state.epoch})
+        save_checkpoint(run_dir / LAST_FILE, model, optimizer, meta, state, ema=ema)
+        write_text(run_dir / "history.csv", history_csv(state.history))
 
 
 def _restore(
