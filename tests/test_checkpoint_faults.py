@@ -236,3 +236,15 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match=r"no intact checkpoint.*corrupted"):
         load_checkpoint(tmp_path, log=logs.append)
     assert load_checkpoint(tmp_path / "nothing-here", log=logs.append) is None
+
+
+def test_metadata_updates_get_a_fresh_checksum(tmp_path: Path) -> None:
+    """update_model_meta (calibration) rewrites the JSON: the file must still verify."""
+    from cnnlab.train.checkpoint import update_model_meta
+
+    path = save_model(tmp_path / "model.safetensors", _model(), _meta())
+    old = read_safetensors(path)[1][CHECKSUM_KEY]
+    update_model_meta(path, calibration={"temperature": 1.5})
+    _, meta = read_safetensors(path)  # verifies
+    assert meta[CHECKSUM_KEY] != old
+    assert json.loads(meta[META_KEY])["calibration"] == {"temperature": 1.5}
