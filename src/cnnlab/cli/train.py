@@ -31,9 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab train --data my_defects/ --preset best      # model, size, augmentation chosen\n"
         "  cnnlab train --data mnist --preset fast              # 1 epoch, see the README\n"
         "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
-        "      --class-weights auto --image-size 128x128\n",
+        "      --class-weights auto --image-size 128x128\n"
+        "  cnnlab train --resume runs/neu                  # continue an interrupted run\n"
+        "  cnnlab train --resume runs/neu --epochs 20      # or extend a finished one\n"
+        "  torchrun --nproc-per-node 2 -m cnnlab train --data mnist --model seed-mnist \\\n"
+        "      --out runs/mnist-ddp                        # data-parallel, see the README\n",
     )
-    p.add_argument("--data", required=True, help="mnist, neu, or a dataset folder / file")
+    p.add_argument("--data", help="mnist, neu, or a dataset folder / file (required)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last checkpoint with its recorded settings "
+        "(only --epochs, --patience, --device, --threads may change)",
+    )
     p.add_argument("--model", help="registered model name (see `cnnlab models`)")
     p.add_argument(
         "--preset",
@@ -203,7 +213,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab.errors import CnnlabError
     from cnnlab.train import TrainConfig, train
+    from cnnlab.train.distributed import process_group
+    from cnnlab.train.resume import given_settings, resume_config
 
     config = TrainConfig(
         data=args.data,
@@ -233,13 +246,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         channels=args.channels,
         out=args.out,
     )
+    if args.resume:
+        if args.out:
+            raise CnnlabError("--resume continues the run in its own folder: drop --out")
+        config = resume_config(args.resume, **given_settings(config))
+    elif not args.data:
+        raise CnnlabError("--data is required (or --resume RUN_DIR)")
     quiet = args.quiet or args.json
 
     def log(msg: str) -> None:
         if not quiet:
             print(msg, file=sys.stderr)
 
-    result = train(config, progress=not quiet, log=log)
+    with process_group(config.device) as world:
+        result = train(config, progress=not quiet, log=log, resume=bool(args.resume))
+    if world is not None and not world.is_main:
+        return 0  # rank 0 reports
     summary = {
         "run_dir": str(result.run_dir),
         "best_epoch": result.best_epoch,

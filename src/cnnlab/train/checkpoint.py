@@ -4,12 +4,17 @@ A MODEL is one `.safetensors` file whose metadata embeds the model JSON (archite
 factory arguments, class names, input channels / size, normalisation), so the file alone
 rebuilds the model. A run folder holds the same JSON beside it as `model.json` for people.
 `last.safetensors` adds the optimizer state (tensors under `optimizer.` keys, the rest in
-metadata) for a later resume. Nothing is ever unpickled; every write is atomic.
+metadata) for a later resume; the one it replaces is kept as `previous.safetensors`.
+Nothing is ever unpickled; every write is atomic (temporary file, fsync, rename), and every
+file carries a sha256 of its tensors and metadata that `read_safetensors` verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,10 @@ FORMAT = "cnnlab-model"
 FORMAT_VERSION = 1
 META_KEY = "cnnlab_model"  # safetensors metadata key holding the model JSON
 OPTIM_KEY = "cnnlab_optimizer"  # metadata key holding the optimizer's non-tensor state
+CHECKSUM_KEY = "cnnlab_sha256"  # metadata key holding tensor_checksum() of the file
 MODEL_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
+PREVIOUS_FILE = "previous.safetensors"  # the last good checkpoint before LAST_FILE
 
 
 def model_meta(
@@ -56,17 +63,103 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write weights + embedded model JSON to a self-contained `.safetensors` file."""
+def tensor_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and metadata entry, in key order.
+
+    Independent of how safetensors lays the file out, so a file is checked by what it holds.
+    """
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"tensor\0{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    for key in sorted(metadata):
+        if key != CHECKSUM_KEY:
+            h.update(f"meta\0{key}\0{metadata[key]}\0".encode())
+    return h.hexdigest()
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    *,
+    what: str = "model",
+    keep_previous: str | Path | None = None,
+) -> Path:
+    """Checksum, then write atomically; `keep_previous` receives the file being replaced.
+
+    The old file is moved aside only once the new one is complete on disk (a crash in
+    between leaves `keep_previous`, never a half file); a failed write (disk full,
+    read-only folder) is a CnnlabError and leaves every earlier file as it was.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
+    metadata = {**metadata, CHECKSUM_KEY: tensor_checksum(tensors, metadata)}
     try:
         with atomic_path(path) as tmp:
-            save_file(_state_tensors(model), str(tmp), metadata={META_KEY: json.dumps(meta)})
+            save_file(tensors, str(tmp), metadata=metadata)
+            if keep_previous is not None and path.exists():
+                with open(tmp, "rb") as f:  # the new file is durable before the old moves
+                    os.fsync(f.fileno())
+                os.replace(path, keep_previous)
     except OSError as e:
-        raise CnnlabError(f"cannot write model ({e.strerror or e})", path) from None
+        raise CnnlabError(f"cannot write {what} ({e.strerror or e})", path) from None
     return path
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write weights + embedded model JSON to a self-contained `.safetensors` file."""
+    return write_safetensors(path, _state_tensors(model), {META_KEY: json.dumps(meta)})
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """The optimizer state as `optimizer.<pid>.<name>` tensors + JSON for everything else."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, json.dumps(
+        {
+            "class": type(optimizer).__name__,
+            "param_groups": state["param_groups"],
+            "scalars": scalars,
+        }
+    )
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], optim_json: str
+) -> None:
+    """Put the state written by `optimizer_tensors` back into `optimizer` (same class)."""
+    saved = json.loads(optim_json)
+    if saved["class"] != type(optimizer).__name__:
+        raise ValueError(f"checkpoint holds {saved['class']} state, not {type(optimizer).__name__}")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            pid, name = key[len("optimizer.") :].split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, values in saved["scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    # give each moment its parameter's memory layout: the fused CPU Adam of torch 2.13 updates
+    # a channels_last parameter wrongly from a (saved, contiguous) NCHW moment
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    optimizer.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def save_last(
@@ -76,36 +169,46 @@ def save_last(
     meta: dict[str, Any],
     *,
     epoch: int,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    extra_meta: dict[str, str] | None = None,
 ) -> Path:
-    """Model + optimizer state after `epoch` (1-based), for resuming a run later."""
-    from safetensors.torch import save_file
+    """Model + optimizer state after `epoch` (1-based), for resuming a run later.
 
+    `extra_tensors` / `extra_meta` carry the rest of the training state (cnnlab.train.resume);
+    the checkpoint this one replaces is kept beside it as `previous.safetensors`.
+    """
     path = Path(path)
     tensors = {f"model.{k}": v for k, v in _state_tensors(model).items()}
-    state = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in state["state"].items():
-        for name, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[name] = value
-    optim_meta = {
-        "class": type(optimizer).__name__,
-        "param_groups": state["param_groups"],
-        "scalars": scalars,
-        "epoch": epoch,
-    }
-    try:
-        with atomic_path(path) as tmp:
-            save_file(
-                tensors,
-                str(tmp),
-                metadata={META_KEY: json.dumps(meta), OPTIM_KEY: json.dumps(optim_meta)},
-            )
-    except OSError as e:
-        raise CnnlabError(f"cannot write checkpoint ({e.strerror or e})", path) from None
-    return path
+    opt_tensors, opt_json = optimizer_tensors(optimizer)
+    optim_meta = {**json.loads(opt_json), "epoch": epoch}
+    return write_safetensors(
+        path,
+        {**tensors, **opt_tensors, **(extra_tensors or {})},
+        {META_KEY: json.dumps(meta), OPTIM_KEY: json.dumps(optim_meta), **(extra_meta or {})},
+        what="checkpoint",
+        keep_previous=path.with_name(PREVIOUS_FILE),
+    )
+
+
+def disk_bytes_needed(model: nn.Module) -> int:
+    """Bytes a run folder may need at its fullest, from the model's size P (an estimate).
+
+    model.safetensors and its temporary copy (2 P) + previous, last and the new last being
+    written, each weights + two Adam moments (9 P) + 1 MiB for JSON, CSV and plots.
+    """
+    p = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 11 * p + 2**20
+
+
+def check_free_space(folder: str | Path, needed: int) -> None:
+    """Refuse to start when `folder`'s disk has less than `needed` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CnnlabError(
+            f"not enough free disk space for this run: about {needed / 1e6:.1f} MB needed "
+            f"(model and checkpoints), {free / 1e6:.1f} MB free",
+            folder,
+        )
 
 
 def resolve_model_file(src: str | Path) -> Path:
@@ -121,10 +224,15 @@ def resolve_model_file(src: str | Path) -> Path:
     return src
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; corrupt or truncated files are errors."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; corrupt or truncated files are errors.
+
+    A file written by cnnlab carries a checksum (CHECKSUM_KEY) and is refused when its
+    content no longer matches it; files from elsewhere without one are read as they are.
+    """
     from safetensors import safe_open
 
+    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -132,6 +240,13 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except Exception as e:  # safetensors raises its own error types for bad headers/data
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CnnlabError(f"not a readable .safetensors file ({msg})", path) from None
+    expected = meta.get(CHECKSUM_KEY)
+    if expected is not None and tensor_checksum(tensors, meta) != expected:
+        raise CnnlabError(
+            "corrupted .safetensors file: its content does not match the sha256 in its "
+            "metadata (damaged on disk or edited); use an intact copy",
+            path,
+        )
     return tensors, meta
 
 
@@ -181,18 +296,12 @@ def update_model_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
     The file is rewritten atomically; a run's model.json beside its model.safetensors gets
     the same fields, so the two stay in step.
     """
-    from safetensors.torch import save_file
-
     path = resolve_model_file(path)
     tensors, raw = read_safetensors(path)
     if META_KEY not in raw:
         raise CnnlabError("safetensors file without cnnlab model metadata", path)
     meta = {**json.loads(raw[META_KEY]), **fields}
-    try:
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={**raw, META_KEY: json.dumps(meta)})
-    except OSError as e:
-        raise CnnlabError(f"cannot write model ({e.strerror or e})", path) from None
+    write_safetensors(path, tensors, {**raw, META_KEY: json.dumps(meta)})  # a new checksum
     beside = path.parent / "model.json"
     if path.name == MODEL_FILE and beside.is_file():
         try:

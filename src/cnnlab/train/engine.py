@@ -60,6 +60,7 @@ def train_one_epoch(
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     progress: bool = False,
     desc: str = "train",
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """One pass over the images in a seeded random order; returns loss, accuracy, images/s.
 
@@ -69,8 +70,12 @@ def train_one_epoch(
     Options of the better recipes: `aug` (batched augmentation drawn from `aug_generator`),
     `lr_at(global_step)` setting the learning rate before each step (`step_offset` = steps
     of earlier epochs), `label_smoothing`, and `ema`, updated after every step.
+    `shard=(rank, world)` (data-parallel, `model` DDP-wrapped): this process trains on
+    images rank, rank+world, ... of each global batch (augmented as the whole batch would
+    be, so the world's steps equal one process's); the returned metrics are all ranks'.
     """
     model.train()
+    rank, world = shard or (0, 1)
     n = images_u8.shape[0]
     bs = min(batch_size, n)
     steps = n // bs
@@ -82,8 +87,13 @@ def train_one_epoch(
         desc=desc, enabled=progress, total=steps * bs, unit_scale=True, leave=True
     ) as bar:
         for step in range(steps):
-            idx = perm[step * bs : (step + 1) * bs]
-            x = to_input(images_u8[idx], runtime, aug=aug, generator=aug_generator)
+            batch = perm[step * bs : (step + 1) * bs]
+            idx = batch[rank::world]  # this process's share (all of it in one process)
+            if world > 1 and aug is not None:  # the whole batch's random draws, then the share
+                x = to_input(images_u8[batch], runtime, aug=aug, generator=aug_generator)
+                x = x[rank::world]
+            else:
+                x = to_input(images_u8[idx], runtime, aug=aug, generator=aug_generator)
             y = labels[idx]
             if lr_at is not None:
                 lr = lr_at(step_offset + step)
@@ -91,24 +101,43 @@ def train_one_epoch(
                     group["lr"] = lr
             with runtime.autocast():
                 logits = model(x)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=class_weights, label_smoothing=label_smoothing
-            )
+            if world == 1:
+                loss = part = F.cross_entropy(
+                    logits.float(), y, weight=class_weights, label_smoothing=label_smoothing
+                )
+            else:
+                # this share's part of the global batch's mean loss; DDP averages gradients
+                # over the ranks, so `world * part` gives the one-process batch gradient
+                total = bs if class_weights is None else class_weights[labels[batch]].sum()
+                part = (
+                    F.cross_entropy(
+                        logits.float(),
+                        y,
+                        weight=class_weights,
+                        label_smoothing=label_smoothing,
+                        reduction="sum",
+                    )
+                    / total
+                )
+                loss = part * world
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += loss.detach()
+            loss_sum += part.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             bar.update(bs)
             if not bar.disable and (step % 20 == 0 or step == steps - 1):
-                seen = (step + 1) * bs
+                seen = (step + 1) * bs  # this rank's figures scaled up: display only
                 bar.set_postfix(
-                    loss=f"{loss_sum.item() / (step + 1):.4f}",
-                    acc=f"{correct.item() / seen:.4f}",
+                    loss=f"{loss_sum.item() * world / (step + 1):.4f}",
+                    acc=f"{correct.item() * world / seen:.4f}",
                     img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                 )
+    if world > 1:  # every rank's share -> the global batch figures
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(correct)
     seconds = time.perf_counter() - t0
     seen = steps * bs
     return {

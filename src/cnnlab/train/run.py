@@ -1,7 +1,8 @@
 """A training run: dataset -> model -> epochs -> a run folder users pass around.
 
 Run folder contents: model.safetensors (best weights, self-contained MODEL), model.json,
-last.safetensors (model + optimizer after the last epoch), config.json (exact configuration,
+last.safetensors (the full training state after the last epoch, for --resume) and
+previous.safetensors (the one before), config.json (exact configuration,
 runtime, dataset summary), split.json (splits by file name), history.csv, curves.png and
 metrics.json (test metrics of the best model).
 """
@@ -9,6 +10,7 @@ metrics.json (test metrics of the best model).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import platform
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +31,28 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
+from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
     LAST_FILE,
     MODEL_FILE,
+    check_free_space,
+    disk_bytes_needed,
     model_meta,
-    save_last,
     save_model,
     write_model_json,
 )
 from cnnlab.train.engine import evaluate, train_one_epoch
 from cnnlab.train.presets import best_for_data, preset_values
+from cnnlab.train.resume import (
+    RunState,
+    check_resumable,
+    data_fingerprint,
+    guarded_writes,
+    install_kill_hook,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from cnnlab.train.schedule import SCHEDULES, lr_at
 
 ADAM_EPS = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
@@ -233,6 +248,7 @@ def train(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> TrainResult:
     """Train `config.model` on `config.data` (or on `dataset`) and write the run folder.
 
@@ -247,6 +263,12 @@ def train(
         Progress bars on stderr (only when it is a terminal).
     log : callable
         Where one-line messages go (epoch summaries, notes).
+    resume : bool
+        Continue the run in `config.out` from its last checkpoint (cnnlab.train.resume;
+        `resume_config(run_dir)` gives its config).
+
+    Under torchrun (a process group from cnnlab.train.distributed) every process runs this
+    with the same arguments: each trains on its share of every batch, rank 0 writes.
 
     Examples
     --------
@@ -256,10 +278,25 @@ def train(
     >>> result.test["accuracy"]  # doctest: +SKIP
     0.9912
     """
+    world = distributed.current()
+    if world is not None and not world.is_main:
+        log, progress = (lambda _m: None), False
+    is_main = world is None or world.is_main
     cfg = _resolve_with_data(config, dataset, progress=progress, log=log)
-    rt = setup(cfg.device, threads=cfg.threads, channels_last=cfg.channels_last, bf16=cfg.bf16)
-    created = not Path(cfg.out).exists()
-    run_dir = prepare_run_dir(cfg.out)
+    threads = cfg.threads or (world.default_threads() if world else None)
+    rt = setup(cfg.device, threads=threads, channels_last=cfg.channels_last, bf16=cfg.bf16)
+    if world is not None:
+        if rt.device.type == "cuda":
+            rt = dataclasses.replace(rt, device=torch.device("cuda", world.local_rank))
+        if cfg.batch_size % world.size:
+            raise CnnlabError(
+                f"--batch-size {cfg.batch_size} must be a multiple of the {world.size} processes"
+            )
+    run_dir = Path(cfg.out)
+    created = not run_dir.exists()
+    if resume and created:
+        raise CnnlabError("no such run folder to resume", run_dir)
+    distributed.on_main(world, lambda: prepare_run_dir(run_dir))
     try:
         if dataset is None:
             dataset = load_training_data(cfg, progress=progress)
@@ -268,7 +305,7 @@ def train(
         if cfg.val_split > 0 and "val" not in dataset.splits:
             raise CnnlabError("--val-split given but the dataset has no 'val' split", cfg.data)
     except BaseException:
-        if created and not any(run_dir.iterdir()):
+        if is_main and created and not any(run_dir.iterdir()):
             run_dir.rmdir()  # leave no empty run folder behind for bad input
         raise
     for note in dataset.notes:
@@ -287,7 +324,10 @@ def train(
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
+    if world is not None and rt.device.type == "cuda":  # BN statistics over the global batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
+    install_kill_hook(opt)  # fault injection for tests; a no-op unless its env var is set
     ema = None
     if cfg.ema is not None:  # BN statistics are averaged too (use_buffers)
         ema = torch.optim.swa_utils.AveragedModel(
@@ -307,9 +347,14 @@ def train(
     if cfg.class_weights == "auto":
         weights = balanced_class_weights(train_xy[1], dataset.num_classes).to(rt.device)
 
+    state = RunState(data_sha256=data_fingerprint(*train_xy))
+    if resume:
+        state = _restore(run_dir, cfg, state, model, opt, ema, log)
+    existing = sum(f.stat().st_size for f in run_dir.glob("*.safetensors"))  # to be replaced
+    distributed.on_main(
+        world, lambda: check_free_space(run_dir, disk_bytes_needed(model) - existing)
+    )
     config_record = _config_record(cfg, rt, dataset, kwargs, weights)
-    write_json(run_dir / "config.json", config_record)
-    write_json(run_dir / "split.json", dataset.split_manifest())
     meta = model_meta(
         cfg.model,
         kwargs,
@@ -322,7 +367,10 @@ def train(
             "cnnlab_version": __version__,
         },
     )
-    write_model_json(run_dir, meta)
+    distributed.on_main(
+        world, partial(_write_start, run_dir, config_record, dataset.split_manifest(), meta)
+    )
+    net, model = model, distributed.wrap(model, world)  # net: the plain module, for saving
 
     steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
     total_steps = steps_per_epoch * cfg.epochs
@@ -335,10 +383,12 @@ def train(
         f"{dataset.channels}x{dataset.image_size[0]}x{dataset.image_size[1]}) for {cfg.epochs} "
         f"epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), "
         f"augment {cfg.augment}, {rt.device}, {rt.threads} threads"
+        + (f", {world.size} processes ({world.backend})" if world else "")
     )
-    history: list[dict[str, Any]] = []
-    best_loss, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
-    for epoch in range(1, cfg.epochs + 1):
+    history = state.history
+    best_loss, best_epoch, bad_epochs = state.best_loss, state.best_epoch, state.bad_epochs
+    stopped = False
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         tr = train_one_epoch(
             model,
@@ -356,6 +406,7 @@ def train(
             ema=ema,
             progress=progress,
             desc=f"epoch {epoch}/{cfg.epochs}",
+            shard=world.shard if world else None,
         )
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -387,12 +438,13 @@ def train(
         if improved:
             best_loss = row["val_loss"] if val_xy is not None else best_loss
             best_epoch, bad_epochs = epoch, 0
-            if val_xy is not None:
-                save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": epoch})
         else:
             bad_epochs += 1
-        save_last(run_dir / LAST_FILE, model, opt, {**meta, "epoch": epoch}, epoch=epoch)
-        write_text(run_dir / "history.csv", history_csv(history))
+        state = RunState(epoch, best_loss, best_epoch, bad_epochs, history, state.data_sha256)
+
+        best = eval_model if improved and val_xy is not None else None
+        write = partial(_write_epoch, run_dir, net, best, opt, meta, state, ema)
+        distributed.on_main(world, write)  # a failed write stops every rank
         if cfg.patience is not None and bad_epochs >= cfg.patience:
             log(
                 f"early stop: val loss has not improved for {cfg.patience} epoch(s); "
@@ -401,11 +453,14 @@ def train(
             stopped = True
             break
 
-    _save_curves(run_dir, history)
     if val_xy is None or best_epoch == 0:  # best = last (no validation, or never a finite loss)
         best_epoch = history[-1]["epoch"]
-        save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": best_epoch})
+        if is_main:
+            with guarded_writes(run_dir):
+                save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": best_epoch})
     test: dict[str, Any] = {}
+    if not is_main:  # rank 0 evaluates on the test images and writes the rest
+        return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
     if test_xy is not None:
         if best_epoch != history[-1]["epoch"]:
             from cnnlab.train.checkpoint import load_model
@@ -414,22 +469,78 @@ def train(
         te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
-    if val_xy is not None:  # temperature scaling on the val split, stored with the best model
-        from cnnlab.calibration import calibrate_saved_model, calibration_line
+    with guarded_writes(run_dir):
+        if val_xy is not None:  # temperature scaling on the val split, stored with the best model
+            from cnnlab.calibration import calibrate_saved_model, calibration_line
 
-        log(calibration_line(calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=rt)))
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "best_epoch": best_epoch,
-            "stopped_early": stopped,
-            "epochs_run": len(history),
-            "train_seconds": round(sum(r["seconds"] for r in history), 3),
-            "final": history[-1],
-            "test": test,
-        },
-    )
+            record = calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=rt)
+            log(calibration_line(record))
+        _save_curves(run_dir, history)
+        write_json(
+            run_dir / "metrics.json",
+            {
+                "best_epoch": best_epoch,
+                "stopped_early": stopped,
+                "epochs_run": len(history),
+                "train_seconds": round(sum(r["seconds"] for r in history), 3),
+                "final": history[-1],
+                "test": test,
+            },
+        )
     return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+
+
+def _write_start(
+    run_dir: Path, record: dict[str, Any], split: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Before the first epoch: config.json, split.json, model.json."""
+    with guarded_writes(run_dir):
+        write_json(run_dir / "config.json", record)
+        write_json(run_dir / "split.json", split)
+        write_model_json(run_dir, meta)
+
+
+def _write_epoch(
+    run_dir: Path,
+    model: torch.nn.Module,
+    best: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    state: RunState,
+    ema: torch.nn.Module | None,
+) -> None:
+    """After an epoch: the best model (when it improved), the checkpoint, history.csv."""
+    with guarded_writes(run_dir):
+        if best is not None:
+            save_model(run_dir / MODEL_FILE, best, {**meta, "epoch": state.epoch})
+        save_checkpoint(run_dir / LAST_FILE, model, optimizer, meta, state, ema=ema)
+        write_text(run_dir / "history.csv", history_csv(state.history))
+
+
+def _restore(
+    run_dir: Path,
+    cfg: TrainConfig,
+    fresh: RunState,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: torch.nn.Module | None,
+    log: Callable[[str], None],
+) -> RunState:
+    """The state of the run being resumed (checked against this data), or `fresh`."""
+    ckpt = load_checkpoint(run_dir, log=log)
+    if ckpt is None:
+        log(f"{run_dir}: no checkpoint yet (stopped during epoch 1?): starting from epoch 1")
+        return fresh
+    if ckpt.state.data_sha256 not in ("", fresh.data_sha256):
+        raise CnnlabError(
+            "the training images differ from those this run started with; resume needs "
+            "the same data",
+            cfg.data,
+        )
+    state = restore(ckpt, model, opt, ema=ema)
+    check_resumable(state, epochs=cfg.epochs, patience=cfg.patience, run_dir=run_dir)
+    log(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
+    return state
 
 
 def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
