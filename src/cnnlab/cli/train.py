@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registered model name (see `cnnlab models`)")
     p.add_argument(
         "--preset",
-        choices=("lecture", "best", "fast"),
-        help="lecture: the notes' model and recipe; best: the most accurate recipe for this "
+        choices=("lecture", "tuned", "best", "fast"),
+        help="lecture: the notes' model and recipe; tuned: the same models, epochs and batch "
+        "with a one-cycle learning rate (+ flips for NEU); best: the most accurate recipe for this "
         "data (any folder); fast: quickest to 99%% on MNIST. Flags given override it",
     )
     p.add_argument("--epochs", type=int, help="passes over the training images (recipe default)")
