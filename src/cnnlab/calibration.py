@@ -269,15 +269,13 @@ def calibrate_model(
     >>> calibrate_model("runs/neu", "neu")["temperature"]  # doctest: +SKIP
     1.83
     """
-    from cnnlab.evaluate import load_eval_data, match_classes
+    from cnnlab.evaluate import eval_data, match_classes
     from cnnlab.predict import image_logits
     from cnnlab.train.checkpoint import load_model, resolve_model_file
 
     model_file = resolve_model_file(model_src)
-    folder = model_file.parent
-    run_dir = folder if (folder / "split.json").is_file() else None
     model, meta = load_model(model_file)
-    ds, split_note = load_eval_data(data, meta, run_dir, progress=progress)
+    ds, split_note, _ = eval_data(data, meta, model_file, progress=progress)
     if "val" not in ds.splits or len(ds.splits["val"]) == 0:
         raise CnnlabError(
             "no validation split to fit a temperature on (the run was trained without one): "

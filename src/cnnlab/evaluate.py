@@ -48,6 +48,34 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], where: s
     return np.array([index[c] for c in dataset_classes], dtype=np.int64)
 
 
+def run_folder_of(model_src: str | Path) -> Path | None:
+    """The run folder a model belongs to (itself, or a model file's folder), if it has one.
+
+    A model file inside a run folder still brings the run's recorded split with it.
+    """
+    model_src = Path(model_src)
+    folder = model_src if model_src.is_dir() else model_src.parent
+    return folder if (folder / "split.json").is_file() else None
+
+
+def eval_data(
+    data: str | Path | ImageDataset,
+    meta: dict[str, Any],
+    model_src: str | Path,
+    *,
+    progress: bool = True,
+) -> tuple[ImageDataset, str, str]:
+    """The images to score a model on: (dataset, where its split came from, name for errors).
+
+    A given ImageDataset is used as it is; a data spec is loaded at the model's channels and
+    size with the split of the model's run folder (`load_eval_data`).
+    """
+    if isinstance(data, ImageDataset):
+        return data, "the given dataset's split", data.root or "dataset"
+    ds, note = load_eval_data(data, meta, run_folder_of(model_src), progress=progress)
+    return ds, note, str(data)
+
+
 def load_eval_data(
     data: str | Path,
     meta: dict[str, Any],
@@ -130,16 +158,10 @@ def evaluate_model(
     if n_bins < 1:
         raise CnnlabError(f"--bins must be a positive integer, got {n_bins}")
     model_src = Path(model_src)
-    # a model file inside a run folder still brings the run's recorded split with it
     folder = model_src if model_src.is_dir() else model_src.parent
-    run_dir = folder if (folder / "split.json").is_file() else None
     predictor = load_predictor(model_src, device=device)
     meta = predictor.meta
-    if isinstance(data, ImageDataset):
-        ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
-    else:
-        ds, split_note = load_eval_data(data, meta, run_dir, progress=progress)
-        where = str(data)
+    ds, split_note, where = eval_data(data, meta, model_src, progress=progress)
     part = ds.split(split)
     want = (int(meta["input"]["channels"]), *meta["input"]["size"])
     if tuple(part.images.shape[1:]) != tuple(want):

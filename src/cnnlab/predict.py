@@ -79,6 +79,25 @@ def _result(probs: np.ndarray, class_names: list[str], top_k: int) -> dict[str, 
     }
 
 
+def read_inputs(
+    inputs: Sequence[str | Path], channels: int, size: tuple[int, int]
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[int]]:
+    """Files and folders -> (one result dict per file, model-input arrays, indices of the
+    results that have an array). A file that cannot be read gets {"file", "error"} and the
+    others go on."""
+    results: list[dict[str, Any]] = []
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    for f in expand_inputs(inputs):
+        try:
+            arrays.append(prepare_image(f, channels, size))
+            ok.append(len(results))
+            results.append({"file": str(f)})
+        except CnnlabError as e:
+            results.append({"file": str(f), "error": str(e)})
+    return results, arrays, ok
+
+
 def predict_files(
     model_src: str | Path,
     inputs: Sequence[str | Path],
@@ -110,17 +129,7 @@ def predict_files(
     meta = predictor.meta
     class_names = list(meta["class_names"])
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
-    files = expand_inputs(inputs)
-    results: list[dict[str, Any]] = []
-    arrays: list[np.ndarray] = []
-    ok: list[int] = []
-    for f in files:
-        try:
-            arrays.append(prepare_image(f, channels, size))
-            ok.append(len(results))
-            results.append({"file": str(f)})
-        except CnnlabError as e:
-            results.append({"file": str(f), "error": str(e)})
+    results, arrays, ok = read_inputs(inputs, channels, size)
     if arrays:
         probs = probabilities(predictor.logits(torch.from_numpy(np.stack(arrays))), meta)
         for i, p in zip(ok, probs, strict=True):

@@ -122,7 +122,7 @@ def explain_files(
     from cnnlab.explain.figures import gradcam_figure
     from cnnlab.explain.gradcam import default_layer, find_layer, grad_cam_images
     from cnnlab.explain.localise import peak
-    from cnnlab.predict import expand_inputs, prepare_image
+    from cnnlab.predict import read_inputs
     from cnnlab.train.checkpoint import load_model
     from cnnlab.train.engine import to_input
 
@@ -133,16 +133,7 @@ def explain_files(
     if class_name is not None and class_name not in classes:
         raise CnnlabError(f"--class: the model has no class '{class_name}' ({', '.join(classes)})")
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
-    files = expand_inputs(inputs)
-    results: list[dict[str, Any]] = []
-    arrays, ok = [], []
-    for f in files:
-        try:
-            arrays.append(prepare_image(f, channels, size))
-            ok.append(len(results))
-            results.append({"file": str(f)})
-        except CnnlabError as e:
-            results.append({"file": str(f), "error": str(e)})
+    results, arrays, ok = read_inputs(inputs, channels, size)
     if not arrays:
         return results
     images = torch.from_numpy(np.stack(arrays))

@@ -240,7 +240,7 @@ def score_localisation(
     run's held-out split by default (its split.json, as `cnnlab evaluate` does). Images
     without boxes are skipped and counted.
     """
-    from cnnlab.evaluate import SPLITS, load_eval_data, match_classes
+    from cnnlab.evaluate import SPLITS, eval_data, match_classes
     from cnnlab.explain.gradcam import CAM_BATCH, default_layer, find_layer, grad_cam_images
     from cnnlab.explain.gradcam import layer_name as name_of
     from cnnlab.train.checkpoint import load_model
@@ -252,14 +252,8 @@ def score_localisation(
         raise CnnlabError(f"--tolerance must be 0 or more pixels, got {tolerance}")
     t0 = time.perf_counter()
     model_src = Path(model_src)
-    folder = model_src if model_src.is_dir() else model_src.parent
-    run_dir = folder if (folder / "split.json").is_file() else None
     model, meta = load_model(model_src)
-    if isinstance(data, ImageDataset):
-        ds, split_note, where = data, "the given dataset's split", data.root or "dataset"
-    else:
-        ds, split_note = load_eval_data(data, meta, run_dir, progress=progress)
-        where = str(data)
+    ds, split_note, where = eval_data(data, meta, model_src, progress=progress)
     part = ds.split(split)
     if not part.boxes:
         raise CnnlabError(

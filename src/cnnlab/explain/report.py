@@ -317,7 +317,7 @@ def build_report(
     progress: bool = True,
 ) -> str:
     """The report of a run folder (or a model file inside one) as one HTML string."""
-    from cnnlab.evaluate import SPLITS, load_eval_data
+    from cnnlab.evaluate import SPLITS, eval_data
     from cnnlab.explain.features import kernel_weights
     from cnnlab.explain.figures import kernels_figure
     from cnnlab.models import count_parameters
@@ -349,8 +349,7 @@ def build_report(
     if data is None:
         body.append(_saved_eval_section(folder))
     else:
-        run_dir = folder if (folder / "split.json").is_file() else None
-        ds, split_note = load_eval_data(data, meta, run_dir, progress=progress)
+        ds, split_note, _ = eval_data(data, meta, folder, progress=progress)
         body.append(_evaluation_section(model_src, ds, split, split_note, device, progress))
     w = kernel_weights(model)
     body.append(
