@@ -25,6 +25,8 @@ examples:
   cnnlab filter photo.png --kernel sobel-x --kernel sharpen --gallery gallery.png
   cnnlab data info neu
   cnnlab train --data mnist --model seed-mnist --out runs/mnist
+  cnnlab train --data neu --preset best --out runs/neu-best
+  cnnlab train --resume runs/neu-best
   cnnlab evaluate runs/mnist --data mnist --json
   cnnlab predict runs/mnist digit.png --plot digit-probs.png
   cnnlab show kernels runs/neu -o kernels.png
