@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.runtime import cpu_model
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # peak.py sits beside this file
@@ -165,17 +167,6 @@ def export_task(task: str, out_dir: Path, *, subset: int | None = None, seed: in
 
 
 # ---------------------------------------------------------------- running contestants
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def last_json_line(text: str) -> dict | None:

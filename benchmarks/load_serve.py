@@ -18,7 +18,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from cnnlab.runtime import cpu_model
 
 HEALTH_TIMEOUT_S = 120  # the server imports torch and loads the model first
 REQUEST_TIMEOUT_S = 60
@@ -116,16 +117,6 @@ def wait_healthy(proc: subprocess.Popen, base: str) -> None:
     raise SystemExit(f"server did not answer /health within {HEALTH_TIMEOUT_S} s")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="run folder, .safetensors, .onnx or .pt to serve")
@@ -173,7 +164,7 @@ def main() -> None:
         },
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

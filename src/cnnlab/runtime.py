@@ -41,6 +41,21 @@ def physical_cores() -> int:
 
 
 @cache
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback), for reports."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 or AMX); bf16 is slow without it."""
     try:

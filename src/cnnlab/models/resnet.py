@@ -93,7 +93,15 @@ class ResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))  # (B, num_classes) logits
 
 
-WIDTHS = {"s": (16, 32, 64), "m": (24, 48, 96), "l": (32, 64, 128)}
+WIDTHS = {"s": (16, 32, 64), "m": (24, 48, 96), "l": (32, 64, 128)}  # channels per stage
+
+
+def widths(width: str) -> tuple[int, ...]:
+    """The stage widths of `--width` s / m / l; another value is a ValueError naming them."""
+    try:
+        return widths(width)
+    except KeyError:
+        raise ValueError(f"width must be one of {', '.join(WIDTHS)}, got '{width}'") from None
 
 
 @register_model(
@@ -112,7 +120,7 @@ def resnet_digits(
     """Small ResNet for digits: conv stem + pool to 14x14, 3 residual stages, GAP."""
     # (B, 1, 28, 28) -> stem (B, 32, 14, 14) -> (B, 32, 14, 14) -> (B, 64, 7, 7)
     # -> (B, 128, 4, 4) -> GAP (B, 128) -> (B, 10)
-    return ResNet(in_channels, num_classes, image_size, WIDTHS[width], (1, 1, 1))
+    return ResNet(in_channels, num_classes, image_size, widths(width), (1, 1, 1))
 
 
 @register_model(
@@ -131,4 +139,4 @@ def resnet_neu(
     """Small ResNet for surface textures: stride-2 stem + pool, 3 residual stages, GAP."""
     # (B, 1, 128, 128) -> stem (B, 24, 32, 32) -> (B, 24, 32, 32) -> (B, 48, 16, 16)
     # -> (B, 96, 8, 8) -> GAP (B, 96) -> (B, 6)
-    return ResNet(in_channels, num_classes, image_size, WIDTHS[width], (1, 1, 1), stem_stride=2)
+    return ResNet(in_channels, num_classes, image_size, widths(width), (1, 1, 1), stem_stride=2)
