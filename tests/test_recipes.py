@@ -248,3 +248,11 @@ def test_augmented_runs_are_bit_identical(tmp_path) -> None:
 
     a, b = run("a"), run("b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_width_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="width must be one of s, m, l"):
+        create_model("resnet-neu", width="xl")
+    cfg = TrainConfig(data="synthetic", model="resnet-digits", width="xl", out=str(tmp_path / "r"))
+    with pytest.raises(CnnlabError, match="width must be one of"):
+        train(cfg, _patch_dataset(), progress=False, log=lambda m: None)

@@ -99,7 +99,7 @@ WIDTHS = {"s": (16, 32, 64), "m": (24, 48, 96), "l": (32, 64, 128)}  # channels 
 def widths(width: str) -> tuple[int, ...]:
     """The stage widths of `--width` s / m / l; another value is a ValueError naming them."""
     try:
-        return widths(width)
+        return WIDTHS[width]
     except KeyError:
         raise ValueError(f"width must be one of {', '.join(WIDTHS)}, got '{width}'") from None
 
