@@ -114,6 +114,12 @@ def test_ema_update_warms_up_then_holds_the_decay() -> None:
     avg = [torch.zeros(3)]
     ema_update(0.99)(avg, cur, torch.tensor(10_000))  # late: the set decay
     torch.testing.assert_close(avg[0], torch.full((3,), 0.01))
+    # one closure counts its own updates after reading the counter once (as after a resume)
+    step, avg = ema_update(0.99), [torch.zeros(3)]
+    step(avg, cur, torch.tensor(1))  # decay 2/11
+    step(avg, cur, torch.tensor(-99))  # ignored: the closure's own count, 2 -> decay 3/12
+    want = 1 - (2 / 11) * (3 / 12)  # ema of ones from zeros after the two updates
+    torch.testing.assert_close(avg[0], torch.full((3,), want))
 
 
 def test_schedules() -> None:

@@ -334,7 +334,8 @@ def train(
             model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True
         )
     eval_model = model if ema is None else ema.module
-    aug = None if cfg.augment == "none" else get_augment(cfg.augment)
+    aug = get_augment(cfg.augment)
+    aug = None if aug.is_identity else aug  # nothing to draw: skip the augmentation call
 
     def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if name not in dataset.splits:
@@ -561,9 +562,14 @@ def ema_update(decay: float) -> Callable[[list, list, Any], None]:
     the initial weights after 124 steps.
     """
 
+    seen: list[int] = []  # updates so far, read from AveragedModel's counter once (a resume
+    # restores that counter); afterwards counted here, so no step waits on a device sync
+
     def update(averaged: list, current: list, n: Any) -> None:
-        n = int(n)
-        d = min(decay, (1.0 + n) / (10.0 + n))
+        if not seen:
+            seen.append(int(n))
+        d = min(decay, (1.0 + seen[0]) / (10.0 + seen[0]))
+        seen[0] += 1
         floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
         if floats:
             torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
