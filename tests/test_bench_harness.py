@@ -307,3 +307,37 @@ def test_run_process_records_failure_and_timeout(tmp_path):
         [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "t.log", timeout=1.0
     )
     assert res["rc"] == -1 and "timed out" in res["error_tail"] and res["wall_s"] < 20
+
+
+def test_sweep_runs_every_recipe_and_seed_and_ranks_by_validation(tmp_path) -> None:
+    """benchmarks/sweep.py on a tiny folder data set: 2 recipes x 2 seeds, real trainings."""
+    sweep = _load("sweep")
+    rng = np.random.default_rng(0)
+    for label, cols in (("left", slice(0, 14)), ("right", slice(14, 28))):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(16):
+            img = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+            img[:, cols] += 150
+            Image.fromarray(img).save(tmp_path / "data" / label / f"{i}.png")
+    out = tmp_path / "sweep"
+    sweep.main(
+        [
+            "--data", str(tmp_path / "data"), "--seeds", "0", "1", "--out", str(out),
+            "--common", "--model seed-mnist --epochs 2 --batch-size 8 --val-split 0.25",
+            "--recipe", "notes=", "--recipe", "slow=--lr 1e-5",
+        ]
+    )  # fmt: skip
+    result = json.loads((out / "sweep.json").read_text())
+    runs = result["runs"]
+    assert sorted((r["recipe"], r["seed"]) for r in runs) == [
+        ("notes", 0), ("notes", 1), ("slow", 0), ("slow", 1)
+    ]  # fmt: skip
+    assert not any("error" in r for r in runs)
+    for r in runs:  # the numbers are the run folders' own
+        m = json.loads((out / f"{r['recipe']}-s{r['seed']}" / "metrics.json").read_text())
+        assert r["test"] == m["test"]["accuracy"] and r["val_last"] == m["final"]["val_accuracy"]
+    by_name = {s["recipe"]: s for s in result["summary"]}
+    notes = [r["val_best"] for r in runs if r["recipe"] == "notes"]
+    assert by_name["notes"]["val_best"] == pytest.approx(sum(notes) / 2)
+    vals = [s["val_best"] for s in result["summary"]]
+    assert vals == sorted(vals, reverse=True)  # ranked by validation, never by test

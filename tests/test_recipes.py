@@ -17,7 +17,7 @@ from cnnlab.models import create_model
 from cnnlab.train import TrainConfig, train
 from cnnlab.train.engine import dihedral_views
 from cnnlab.train.presets import PRESETS, best_for_data, preset_values
-from cnnlab.train.run import epoch_generator
+from cnnlab.train.run import epoch_generator, improves
 from cnnlab.train.schedule import lr_at
 
 
@@ -173,7 +173,7 @@ def test_best_for_data_follows_the_images() -> None:
     assert digits["augment"] == "digits" and digits["image_size"] is None
     steel = best_for_data(300, 1, (200, 200), 6)
     assert steel["augment"] == "texture" and steel["image_size"] == (128, 128)
-    assert steel["width"] == "s" and 15 <= steel["epochs"] <= 60
+    assert steel["width"] == "s" and 15 <= steel["epochs"] <= 100
     photo = best_for_data(8000, 3, (480, 640), 4)
     assert photo["image_size"] == (128, 168) and photo["width"] == "l"
 
@@ -234,6 +234,51 @@ def test_best_style_run_learns_and_records_choices(tmp_path) -> None:
 
     acc = (predict_images(model, ds.images).argmax(1) == ds.labels.numpy()).mean()
     assert acc == pytest.approx(result.test["accuracy"])
+
+
+def test_checkpoint_selection_rules() -> None:
+    def row(epoch: int, loss: float, acc: float) -> dict:
+        return {"epoch": epoch, "val_loss": loss, "val_accuracy": acc}
+
+    best = row(3, 0.10, 0.990)
+    # later epoch: loss up (label smoothing), accuracy up -> only "accuracy" keeps it
+    assert improves(row(4, 0.12, 0.995), best, "accuracy")
+    assert not improves(row(4, 0.12, 0.995), best, "loss")
+    # a tie in accuracy goes to the later epoch; a lower loss alone does not help "accuracy"
+    assert improves(row(4, 0.20, 0.990), best, "accuracy")
+    assert not improves(row(4, 0.05, 0.985), best, "accuracy")
+    assert improves(row(4, 0.05, 0.985), best, "loss")
+    # a NaN loss never counts, the first finite epoch always does
+    assert not improves(row(4, float("nan"), 1.0), best, "accuracy")
+    assert improves(row(1, 0.5, 0.5), None, "loss")
+
+
+def test_select_accuracy_keeps_the_epoch_with_the_best_val_accuracy(tmp_path) -> None:
+    cfg = TrainConfig(
+        data="synthetic",
+        model="resnet-digits",
+        width="s",
+        epochs=4,
+        batch_size=16,
+        lr=0.05,
+        optimizer="sgd",
+        schedule="onecycle",
+        label_smoothing=0.1,
+        val_split=0.2,
+        select="accuracy",
+        out=str(tmp_path / "run"),
+    )
+    result = train(cfg, _patch_dataset(), progress=False, log=lambda m: None)
+    accs = [r["val_accuracy"] for r in result.history]
+    # the last epoch with the highest validation accuracy (ties: later)
+    expected = max(range(len(accs)), key=lambda i: (accs[i], i)) + 1
+    assert result.best_epoch == expected
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "highest accuracy" in record["selection"]
+    assert TrainConfig(data="mnist", preset="best").resolved().select == "accuracy"
+    assert TrainConfig(data="mnist", model="seed-mnist").resolved().select == "loss"
+    with pytest.raises(CnnlabError, match="--select"):
+        TrainConfig(data="mnist", model="seed-mnist", select="f1").resolved()
 
 
 def test_augmented_runs_are_bit_identical(tmp_path) -> None:

@@ -129,13 +129,16 @@ def setup(
 
     channels_last: None = on (seed-mnist training on 2 Zen3 cores: median 1846 vs 1461
     images/s channels_last vs NCHW, benchmarks/bench_channels_last.py; on CUDA it feeds the
-    tensor cores). bf16: None = on for CUDA, on for CPUs with native bf16, off
-    otherwise (emulated bf16 is several times slower than float32 on AVX2-only CPUs).
+    tensor cores). bf16: None = on for CPUs with native bf16, off otherwise: emulated bf16 is
+    several times slower than float32 on AVX2-only CPUs, and on an H100 these small CNNs
+    are bound by kernel launches, where autocast's casts cost more than they save (seed-mnist
+    3 epochs: 10.9 s bf16 vs 7.8 s float32; NEU best: 22.0 vs 19.3 s; README, "On a GPU").
+    `--bf16` still turns it on.
     """
     dev = resolve_device(device)
     n = setup_threads(threads)
     if channels_last is None:
         channels_last = True
     if bf16 is None:
-        bf16 = dev.type == "cuda" or cpu_has_fast_bf16()
+        bf16 = dev.type == "cpu" and cpu_has_fast_bf16()
     return Runtime(dev, n, bool(channels_last), torch.bfloat16 if bf16 else None)

@@ -96,6 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop after N epochs without val-loss improvement (needs --val-split)",
     )
     p.add_argument(
+        "--select",
+        choices=("loss", "accuracy"),
+        help="checkpoint kept: lowest val loss (default) or highest val accuracy "
+        "(--preset best); --patience counts epochs without such an improvement",
+    )
+    p.add_argument(
         "--class-weights",
         choices=("none", "auto"),
         help="auto: weight the loss by n/(k*count) per class for unbalanced data",
@@ -120,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bf16 autocast (default: CUDA or CPUs with native bf16 only)",
+        help="bf16 autocast (default: only on CPUs with native bf16; slower on CUDA for "
+        "these small models, README)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
@@ -238,6 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         test_split=args.test_split,
         patience=args.patience,
+        select=args.select,
         class_weights=args.class_weights,
         device=args.device,
         channels_last=args.channels_last,

@@ -52,7 +52,7 @@ class RunState:
     """Where a run stands after `epoch` finished epochs: best-model tracking and history."""
 
     epoch: int = 0
-    best_loss: float = math.inf  # lowest finite validation loss so far
+    best_loss: float = math.inf  # validation loss of the chosen checkpoint so far
     best_epoch: int = 0  # 0 = none yet
     bad_epochs: int = 0  # epochs since the last improvement (for --patience)
     history: list[dict[str, Any]] = field(default_factory=list)

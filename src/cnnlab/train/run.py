@@ -58,6 +58,8 @@ from cnnlab.train.schedule import SCHEDULES, lr_at
 ADAM_EPS = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
 SGD_MOMENTUM = 0.9  # Nesterov
 OPTIMIZERS = ("adam", "sgd")
+SELECTIONS = ("loss", "accuracy")  # what picks the checkpoint on the validation split
+_SELECT_WORDS = {"loss": "lowest loss", "accuracy": "highest accuracy (ties: the later epoch)"}
 HISTORY_FIELDS = (
     "epoch",
     "train_loss",
@@ -95,7 +97,8 @@ class TrainConfig:
     seed: int = 0
     val_split: float | None = None  # None = the preset's (0 without one)
     test_split: float = 0.2  # only for data without its own test split (MNIST has one)
-    patience: int | None = None  # epochs without val-loss improvement before stopping
+    patience: int | None = None  # epochs without val improvement (see select) before stopping
+    select: str | None = None  # checkpoint chosen on the val split by "loss" | "accuracy"
     class_weights: str | None = None  # "none" | "auto" (n / (k * count), sklearn's "balanced")
     device: str = "auto"
     channels_last: bool | None = None  # None = the runtime's measured default
@@ -139,6 +142,7 @@ class TrainConfig:
                 "tta": False,
                 "val_split": 0.0,
                 "class_weights": "none",
+                "select": "loss",
             }
         )
         if c.epochs <= 0:
@@ -170,6 +174,8 @@ class TrainConfig:
                 raise CnnlabError(f"--patience must be a positive integer, got {c.patience}")
             if c.val_split == 0:
                 raise CnnlabError("--patience needs a validation split: add --val-split")
+        if c.select not in SELECTIONS:
+            raise CnnlabError(f"--select must be one of {', '.join(SELECTIONS)}")
         if c.class_weights not in ("none", "auto"):
             raise CnnlabError(f"--class-weights must be 'none' or 'auto', got {c.class_weights}")
         if c.device not in DEVICE_CHOICES:
@@ -433,9 +439,8 @@ def train(
 
         # without validation, best = last: the model file is written once, after the loop;
         # a NaN validation loss never counts as an improvement
-        improved = val_xy is None or (
-            math.isfinite(row["val_loss"]) and row["val_loss"] < best_loss
-        )
+        best_row = next((r for r in history if r["epoch"] == best_epoch), None)
+        improved = val_xy is None or improves(row, best_row, cfg.select)
         if improved:
             best_loss = row["val_loss"] if val_xy is not None else best_loss
             best_epoch, bad_epochs = epoch, 0
@@ -448,7 +453,7 @@ def train(
         distributed.on_main(world, write)  # a failed write stops every rank
         if cfg.patience is not None and bad_epochs >= cfg.patience:
             log(
-                f"early stop: val loss has not improved for {cfg.patience} epoch(s); "
+                f"early stop: val {cfg.select} has not improved for {cfg.patience} epoch(s); "
                 f"best epoch {best_epoch}"
             )
             stopped = True
@@ -542,6 +547,22 @@ def _restore(
     check_resumable(state, epochs=cfg.epochs, patience=cfg.patience, run_dir=run_dir)
     log(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
     return state
+
+
+def improves(row: dict[str, Any], best: dict[str, Any] | None, select: str) -> bool:
+    """Whether epoch `row` is a better checkpoint than `best` on the validation split.
+
+    "loss": lower loss. "accuracy": higher accuracy, a tie going to the later epoch (with
+    label smoothing the loss keeps rising late in a run while the accuracy still improves).
+    A NaN loss never counts as an improvement.
+    """
+    if not math.isfinite(row["val_loss"]):
+        return False
+    if best is None:
+        return True
+    if select == "accuracy":
+        return row["val_accuracy"] >= best["val_accuracy"]
+    return row["val_loss"] < best["val_loss"]
 
 
 def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
@@ -671,7 +692,8 @@ def _config_record(
         + (f" (label smoothing {cfg.label_smoothing})" if cfg.label_smoothing else ""),
         "augment": get_augment(cfg.augment).to_dict(),
         "selection": (
-            f"checkpoint with the lowest loss on the validation split ({cfg.val_split:.0%} of "
+            f"checkpoint with the {_SELECT_WORDS[cfg.select]} on the validation split "
+            f"({cfg.val_split:.0%} of "
             "the training images, carved before training); the test split is never used to "
             "choose anything"
             if cfg.val_split
