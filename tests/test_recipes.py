@@ -251,6 +251,9 @@ def test_checkpoint_selection_rules() -> None:
     # a NaN loss never counts, the first finite epoch always does
     assert not improves(row(4, float("nan"), 1.0), best, "accuracy")
     assert improves(row(1, 0.5, 0.5), None, "loss")
+    # "last": every finite epoch replaces the kept one
+    assert improves(row(4, 0.9, 0.1), best, "last")
+    assert not improves(row(4, float("nan"), 1.0), best, "last")
 
 
 def test_select_accuracy_keeps_the_epoch_with_the_best_val_accuracy(tmp_path) -> None:
@@ -275,7 +278,7 @@ def test_select_accuracy_keeps_the_epoch_with_the_best_val_accuracy(tmp_path) ->
     assert result.best_epoch == expected
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert "highest accuracy" in record["selection"]
-    assert TrainConfig(data="mnist", preset="best").resolved().select == "accuracy"
+    assert TrainConfig(data="mnist", preset="best").resolved().select == "last"
     assert TrainConfig(data="mnist", model="seed-mnist").resolved().select == "loss"
     with pytest.raises(CnnlabError, match="--select"):
         TrainConfig(data="mnist", model="seed-mnist", select="f1").resolved()

@@ -97,9 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--select",
-        choices=("loss", "accuracy"),
-        help="checkpoint kept: lowest val loss (default) or highest val accuracy "
-        "(--preset best); --patience counts epochs without such an improvement",
+        choices=("loss", "accuracy", "last"),
+        help="checkpoint kept: lowest val loss (default), highest val accuracy, or the last "
+        "epoch (--preset best); --patience counts epochs without such an improvement",
     )
     p.add_argument(
         "--class-weights",

@@ -45,7 +45,9 @@ _BEST_COMMON: dict[str, Any] = {
     "label_smoothing": 0.1,
     "ema": 0.999,
     "val_split": 0.1,
-    "select": "accuracy",  # with label smoothing the val loss rises while accuracy improves
+    # the one-cycle schedule's end: the val loss rises late under label smoothing (MNIST) and
+    # the best of 80 epochs' accuracies on NEU's 116 val images is mostly noise (README)
+    "select": "last",
 }
 
 _BEST = {

@@ -58,8 +58,12 @@ from cnnlab.train.schedule import SCHEDULES, lr_at
 ADAM_EPS = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
 SGD_MOMENTUM = 0.9  # Nesterov
 OPTIMIZERS = ("adam", "sgd")
-SELECTIONS = ("loss", "accuracy")  # what picks the checkpoint on the validation split
-_SELECT_WORDS = {"loss": "lowest loss", "accuracy": "highest accuracy (ties: the later epoch)"}
+SELECTIONS = ("loss", "accuracy", "last")  # what picks the checkpoint on the validation split
+_SELECT_WORDS = {
+    "loss": "checkpoint with the lowest loss",
+    "accuracy": "checkpoint with the highest accuracy (ties: the later epoch)",
+    "last": "last epoch (the schedule's end) kept, scored and calibrated",
+}
 HISTORY_FIELDS = (
     "epoch",
     "train_loss",
@@ -554,11 +558,13 @@ def improves(row: dict[str, Any], best: dict[str, Any] | None, select: str) -> b
 
     "loss": lower loss. "accuracy": higher accuracy, a tie going to the later epoch (with
     label smoothing the loss keeps rising late in a run while the accuracy still improves).
+    "last": every finite epoch (a one-cycle schedule ends where it is meant to be best; the
+    maximum over many epochs of a small split's accuracy is mostly noise).
     A NaN loss never counts as an improvement.
     """
     if not math.isfinite(row["val_loss"]):
         return False
-    if best is None:
+    if best is None or select == "last":
         return True
     if select == "accuracy":
         return row["val_accuracy"] >= best["val_accuracy"]
@@ -692,7 +698,7 @@ def _config_record(
         + (f" (label smoothing {cfg.label_smoothing})" if cfg.label_smoothing else ""),
         "augment": get_augment(cfg.augment).to_dict(),
         "selection": (
-            f"checkpoint with the {_SELECT_WORDS[cfg.select]} on the validation split "
+            f"{_SELECT_WORDS[cfg.select]} on the validation split "
             f"({cfg.val_split:.0%} of "
             "the training images, carved before training); the test split is never used to "
             "choose anything"
