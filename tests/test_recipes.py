@@ -198,8 +198,9 @@ def _patch_dataset(n: int = 96, seed: int = 0):
     )
 
 
-def test_best_style_run_learns_and_records_choices(tmp_path) -> None:
-    cfg = TrainConfig(
+def _small_best_config(out, **overrides) -> TrainConfig:
+    """A best-style recipe (resnet-digits s, SGD one-cycle, label smoothing) for _patch_dataset."""
+    values = dict(
         data="synthetic",
         model="resnet-digits",
         width="s",
@@ -208,13 +209,15 @@ def test_best_style_run_learns_and_records_choices(tmp_path) -> None:
         lr=0.05,
         optimizer="sgd",
         schedule="onecycle",
-        weight_decay=5e-4,
         label_smoothing=0.1,
-        augment="digits",
-        ema=0.9,
         val_split=0.2,
-        out=str(tmp_path / "run"),
+        out=str(out),
     )
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_best_style_run_learns_and_records_choices(tmp_path) -> None:
+    cfg = _small_best_config(tmp_path / "run", weight_decay=5e-4, augment="digits", ema=0.9)
     result = train(cfg, _patch_dataset(), progress=False, log=lambda m: None)
     assert result.test["accuracy"] >= 0.8
     record = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -257,20 +260,7 @@ def test_checkpoint_selection_rules() -> None:
 
 
 def test_select_accuracy_keeps_the_epoch_with_the_best_val_accuracy(tmp_path) -> None:
-    cfg = TrainConfig(
-        data="synthetic",
-        model="resnet-digits",
-        width="s",
-        epochs=4,
-        batch_size=16,
-        lr=0.05,
-        optimizer="sgd",
-        schedule="onecycle",
-        label_smoothing=0.1,
-        val_split=0.2,
-        select="accuracy",
-        out=str(tmp_path / "run"),
-    )
+    cfg = _small_best_config(tmp_path / "run", select="accuracy")
     result = train(cfg, _patch_dataset(), progress=False, log=lambda m: None)
     accs = [r["val_accuracy"] for r in result.history]
     # the last epoch with the highest validation accuracy (ties: later)
