@@ -286,7 +286,7 @@ def _write_plots(
         wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:MAX_MISCLASSIFIED]
         images = [part.images[i].permute(1, 2, 0).numpy() for i in wrong]
         titles = [
-            f"{part.files[i].rsplit('/', 1)[-1][:20]}\ntrue: {class_names[y_true[i]][:20]}\n"
+            f"{part.files[i].rsplit('/', 1)[-1][:28]}\ntrue: {class_names[y_true[i]][:20]}\n"
             f"pred: {class_names[y_pred[i]][:20]} ({probs[i, y_pred[i]]:.0%})"
             for i in wrong
         ]

@@ -46,7 +46,10 @@ def image_grid(
     n = max(len(images), 1)
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig = new_figure(figsize=(cell * ncols, cell * nrows + (0.4 if suptitle else 0)))
+    # constrained layout leaves room for the per-image titles under the suptitle
+    fig = new_figure(
+        figsize=(cell * ncols, cell * nrows + (0.4 if suptitle else 0)), layout="constrained"
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
