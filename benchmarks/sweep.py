@@ -14,6 +14,7 @@ is reported once a recipe is chosen). Results go to `--out/sweep.json`.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -64,8 +65,6 @@ def _f(v: object) -> float | None:
 
 
 def _history(run: Path) -> list[dict]:
-    import csv
-
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
 

@@ -188,7 +188,7 @@ def test_training_state_round_trips_exactly(tmp_path: Path, channels_last: bool)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     ema.update_parameters(model)
     torch.manual_seed(123)
-    state = RunState(epoch=4, best_loss=0.25, best_epoch=3, bad_epochs=1, history=[{"epoch": 1}])
+    state = RunState(epoch=4, best_epoch=3, bad_epochs=1, history=[{"epoch": 1}])
     save_checkpoint(tmp_path / "last.safetensors", model, opt, _meta(), state, ema=ema)
     expect_rand = torch.rand(4)
 
@@ -213,9 +213,12 @@ def test_training_state_round_trips_exactly(tmp_path: Path, channels_last: bool)
             assert torch.equal(va, vb), k
 
 
-def test_infinite_best_loss_survives_json() -> None:
+def test_run_state_survives_json_and_reads_older_checkpoints() -> None:
     s = RunState(epoch=1)
     assert RunState.from_json(s.to_json()) == s
+    # checkpoints written before best_loss became derivable from history still load
+    old = json.dumps({**json.loads(s.to_json()), "best_loss": None})
+    assert RunState.from_json(old) == s
 
 
 def test_resume_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:

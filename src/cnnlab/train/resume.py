@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -52,25 +51,20 @@ class RunState:
     """Where a run stands after `epoch` finished epochs: best-model tracking and history."""
 
     epoch: int = 0
-    best_loss: float = math.inf  # validation loss of the chosen checkpoint so far
-    best_epoch: int = 0  # 0 = none yet
+    best_epoch: int = 0  # 0 = none yet; its scores are in `history`
     bad_epochs: int = 0  # epochs since the last improvement (for --patience)
     history: list[dict[str, Any]] = field(default_factory=list)
     data_sha256: str = ""  # fingerprint of the training images and labels
 
     def to_json(self) -> str:
-        """JSON text (an infinite best loss becomes null: JSON has no infinity)."""
-        d = asdict(self)
-        d["best_loss"] = None if not math.isfinite(self.best_loss) else self.best_loss
-        return json.dumps(d)
+        """JSON text of every field."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> RunState:
-        """Inverse of `to_json`; unknown keys are ignored."""
+        """Inverse of `to_json`; unknown keys (such as older checkpoints' best_loss) are ignored."""
         d = json.loads(text)
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        d["best_loss"] = math.inf if d.get("best_loss") is None else float(d["best_loss"])
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:

@@ -397,7 +397,7 @@ def train(
         + (f", {world.size} processes ({world.backend})" if world else "")
     )
     history = state.history
-    best_loss, best_epoch, bad_epochs = state.best_loss, state.best_epoch, state.bad_epochs
+    best_epoch, bad_epochs = state.best_epoch, state.bad_epochs
     stopped = False
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -446,11 +446,10 @@ def train(
         best_row = next((r for r in history if r["epoch"] == best_epoch), None)
         improved = val_xy is None or improves(row, best_row, cfg.select)
         if improved:
-            best_loss = row["val_loss"] if val_xy is not None else best_loss
             best_epoch, bad_epochs = epoch, 0
         else:
             bad_epochs += 1
-        state = RunState(epoch, best_loss, best_epoch, bad_epochs, history, state.data_sha256)
+        state = RunState(epoch, best_epoch, bad_epochs, history, state.data_sha256)
 
         best = eval_model if improved and val_xy is not None else None
         write = partial(_write_epoch, run_dir, net, best, opt, meta, state, ema)
