@@ -58,13 +58,13 @@ def test_grad_cam_equals_a_hand_written_reference_at_both_layers() -> None:
     with torch.no_grad():
         torch.testing.assert_close(probs, torch.softmax(m(x), 1))
 
-    # an explicit layer: the last conv's output before its (in-place) ReLU
+    # an explicit layer: the last conv's output before its pool and (in-place) ReLU
     conv = m.features[1][0]
     with torch.no_grad():
         a = conv(m.features[0](x))  # (3, 64, 14, 14)
     heat, _ = grad_cam(m, x, target=target, layer=conv)
     ref = _reference_cam(
-        a, lambda t: head_after_blocks(m.features[1][2](torch.relu(t))), target, (28, 28)
+        a, lambda t: head_after_blocks(torch.relu(m.features[1][1](t))), target, (28, 28)
     )
     torch.testing.assert_close(heat, ref, atol=1e-5, rtol=1e-4)
 

@@ -32,13 +32,18 @@ NOTES_RECIPE_NEU = {"optimizer": "adam", "lr": 1e-3, "batch_size": 50, "epochs":
 
 
 class ConvBlock(nn.Sequential):
-    """Conv 3x3 'same' + ReLU + MaxPool 2: the notes' convolutional layer block."""
+    """Conv 3x3 'same' + ReLU + MaxPool 2: the notes' convolutional layer block.
+
+    The ReLU runs after the pooling: relu(maxpool(x)) == maxpool(relu(x)) because ReLU never
+    reorders values, and the gradients agree too, but the ReLU and its backward then touch a
+    quarter of the numbers (seed-mnist trains about 1.4x faster on this CPU, README).
+    """
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),  # padding 1 = Keras 'same' for 3x3
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # floors odd sizes like Keras' 'valid' pooling
+            nn.ReLU(inplace=True),  # Keras' Conv2D(activation="relu"), moved after the pool
         )
 
 
