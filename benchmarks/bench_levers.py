@@ -1,0 +1,95 @@
+"""Training throughput of one lever at a time, variants interleaved in one process.
+
+Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
+changed: `nchw` (contiguous NCHW instead of channels_last) and `relu-first` (the notes'
+conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function). The
+variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
+alike; the median images/s of each and its ratio to cnnlab's default are printed. This
+decided channels_last and the pool-before-ReLU order (README, "Benchmark").
+
+    .venv/bin/python benchmarks/bench_levers.py                          # seed-mnist, 2000 images
+    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from torch import nn
+
+from cnnlab.models import create_model, model_info
+from cnnlab.runtime import setup
+from cnnlab.train.engine import train_one_epoch
+
+ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
+VARIANTS = ("cnnlab", "nchw", "relu-first")
+
+
+def relu_first(model: nn.Module) -> nn.Module:
+    """The notes' order in every block that ends in MaxPool2d, ReLU: ReLU, then the pool."""
+    for block in model.modules():
+        if (
+            isinstance(block, nn.Sequential)
+            and len(block) >= 2
+            and isinstance(block[-2], nn.MaxPool2d)
+            and isinstance(block[-1], nn.ReLU)
+        ):
+            i, j = str(len(block) - 2), str(len(block) - 1)
+            block._modules[i], block._modules[j] = block._modules[j], block._modules[i]
+    return model
+
+
+def build(variant: str, name: str) -> tuple:
+    """(runtime, model, optimizer, generator) for one variant."""
+    rt = setup("cpu", channels_last=variant != "nchw", bf16=False)
+    torch.manual_seed(0)
+    model = create_model(name)
+    if variant == "relu-first":
+        relu_first(model)
+    model = rt.place(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)
+    return rt, model, opt, torch.Generator().manual_seed(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="seed-mnist", help="a registered model (default seed-mnist)")
+    p.add_argument("--images", type=int, default=2000, help="images per timed epoch")
+    p.add_argument("--rounds", type=int, default=4, help="timed epochs per variant")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = p.parse_args(argv)
+
+    info = model_info(args.model)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (args.images, info.in_channels, *info.image_size), dtype=torch.uint8)
+    y = torch.randint(0, info.num_classes, (args.images,))
+    state = {v: build(v, args.model) for v in args.variants}
+    runs: dict[str, list[float]] = {v: [] for v in args.variants}
+    for v in args.variants:  # warm-up: the first calls allocate and pick kernels
+        rt, model, opt, gen = state[v]
+        n = min(args.images, 100)
+        train_one_epoch(
+            model, x[:n], y[:n], optimizer=opt, batch_size=50, generator=gen, runtime=rt
+        )
+    for _ in range(args.rounds):
+        for v in args.variants:
+            rt, model, opt, gen = state[v]
+            out = train_one_epoch(
+                model, x, y, optimizer=opt, batch_size=50, generator=gen, runtime=rt
+            )
+            runs[v].append(out["images_per_s"])
+    med = {v: statistics.median(r) for v, r in runs.items()}
+    base = med.get("cnnlab")
+    print(
+        f"{args.model}, batch 50, {args.images} images x {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for v in args.variants:
+        ratio = f"  cnnlab / this = {base / med[v]:.2f}" if base and v != "cnnlab" else ""
+        print(f"{v:11}  median {med[v]:7.1f} img/s  runs {[round(r) for r in runs[v]]}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
