@@ -8,8 +8,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,25 @@ def test_result_parsing_helpers():
     assert bench.find_accuracy({"nothing": 1}) is None
 
 
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_cpu_busy_sees_a_spinning_thread():
+    """One thread spinning for the whole sample keeps about one of the CPUs busy."""
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        busy = bench.cpu_busy(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert busy is not None and 0.6 / os.cpu_count() <= busy <= 1.0
+
+
 def test_contestant_commands(tmp_path):
     files = {k: str(tmp_path / f"{k}.npy") for k in ("train_x", "train_y", "test_x", "test_y")}
     info = {"files": files}
@@ -341,3 +362,27 @@ def test_sweep_runs_every_recipe_and_seed_and_ranks_by_validation(tmp_path) -> N
     assert by_name["notes"]["val_best"] == pytest.approx(sum(notes) / 2)
     vals = [s["val_best"] for s in result["summary"]]
     assert vals == sorted(vals, reverse=True)  # ranked by validation, never by test
+
+
+def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> None:
+    """relu_first gives every block the notes' conv -> ReLU -> pool order (same logits), and
+    a tiny interleaved run prints one line per variant with its ratio."""
+    levers = _load("bench_levers")
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("seed-mnist")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+        levers.relu_first(model)
+        after = model(x)
+    for block in model.features:
+        assert [type(m).__name__ for m in block] == ["Conv2d", "ReLU", "MaxPool2d"]
+    torch.testing.assert_close(before, after)
+    levers.main(["--images", "50", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
+    for v in ("cnnlab", "nchw", "relu-first"):
+        assert f"\n{v} " in out or out.startswith(v)
+    assert out.count("cnnlab / this =") == 2

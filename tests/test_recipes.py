@@ -16,7 +16,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.train import TrainConfig, train
 from cnnlab.train.engine import dihedral_views
-from cnnlab.train.presets import PRESETS, best_for_data, preset_values
+from cnnlab.train.presets import PRESETS, best_for_data, goal_line, preset_values
 from cnnlab.train.run import epoch_generator, improves
 from cnnlab.train.schedule import lr_at
 
@@ -300,3 +300,13 @@ def test_unknown_width_is_a_clear_error(tmp_path) -> None:
     cfg = TrainConfig(data="synthetic", model="resnet-digits", width="xl", out=str(tmp_path / "r"))
     with pytest.raises(CnnlabError, match="width must be one of"):
         train(cfg, _patch_dataset(), progress=False, log=lambda m: None)
+
+
+def test_fast_preset_says_whether_it_reached_its_goal() -> None:
+    """99.0% MNIST test accuracy within 10 s of training; other presets and data say nothing."""
+    assert goal_line("fast", "MNIST", 0.9909, 9.9).endswith("goal 99.0% within 10 s: met")
+    assert goal_line("fast", "mnist", 0.9909, 17.5).endswith(": not met")
+    assert goal_line("fast", "mnist", 0.9899, 8.0).endswith(": not met")
+    assert "99.09% test accuracy after 17.5 s" in goal_line("fast", "mnist", 0.9909, 17.5)
+    assert goal_line("best", "mnist", 0.9963, 5.0) is None
+    assert goal_line("fast", "neu", 0.99, 5.0) is None

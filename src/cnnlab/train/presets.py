@@ -90,6 +90,23 @@ _FAST = {
 }
 
 
+# What `--preset fast` is for (issue 5): this test accuracy within this many training seconds.
+FAST_GOAL = {"mnist": (0.99, 10.0)}
+
+
+def goal_line(preset: str | None, data: str, accuracy: float, seconds: float) -> str | None:
+    """One line saying whether a `fast` run reached its goal; None for other presets / data."""
+    key = known_data(data)
+    if preset != "fast" or key not in FAST_GOAL:
+        return None
+    target, limit = FAST_GOAL[key]
+    met = accuracy >= target and seconds <= limit
+    return (
+        f"preset fast: {accuracy:.2%} test accuracy after {seconds:.1f} s of training; "
+        f"goal {target:.1%} within {limit:.0f} s: {'met' if met else 'not met'}"
+    )
+
+
 def known_data(spec: str) -> str | None:
     """'mnist' / 'neu' for the built-in data names (any case), else None."""
     s = str(spec).strip().lower()

@@ -42,7 +42,7 @@ from cnnlab.train.checkpoint import (
     write_model_json,
 )
 from cnnlab.train.engine import evaluate, train_one_epoch
-from cnnlab.train.presets import best_for_data, preset_values
+from cnnlab.train.presets import best_for_data, goal_line, preset_values
 from cnnlab.train.resume import (
     RunState,
     check_resumable,
@@ -478,6 +478,9 @@ def train(
         te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
+        goal = goal_line(cfg.preset, cfg.data, te["accuracy"], sum(r["seconds"] for r in history))
+        if goal:
+            log(goal)
     with guarded_writes(run_dir):
         if val_xy is not None:  # temperature scaling on the val split, stored with the best model
             from cnnlab.calibration import calibrate_saved_model, calibration_line
