@@ -127,7 +127,7 @@ def setup(
 ) -> Runtime:
     """Set threads once and pick the device; defaults are what measured fastest.
 
-    channels_last: None = on (seed-mnist training on 2 Zen3 cores: median 1846 vs 1461
+    channels_last: None = on (seed-mnist training on 2 Zen3 cores: median 2793 vs 1635
     images/s channels_last vs NCHW, benchmarks/bench_levers.py; on CUDA it feeds the
     tensor cores). bf16: None = on for CPUs with native bf16, off otherwise: emulated bf16 is
     several times slower than float32 on AVX2-only CPUs, and on an H100 these small CNNs

@@ -468,6 +468,7 @@ def train(
             with guarded_writes(run_dir):
                 save_model(run_dir / MODEL_FILE, eval_model, {**meta, "epoch": best_epoch})
     test: dict[str, Any] = {}
+    train_seconds = round(sum(r["seconds"] for r in history), 3)
     if not is_main:  # rank 0 evaluates on the test images and writes the rest
         return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
     if test_xy is not None:
@@ -478,7 +479,7 @@ def train(
         te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
-        goal = goal_line(cfg.preset, cfg.data, te["accuracy"], sum(r["seconds"] for r in history))
+        goal = goal_line(cfg.preset, cfg.data, te["accuracy"], train_seconds)
         if goal:
             log(goal)
     with guarded_writes(run_dir):
@@ -494,7 +495,7 @@ def train(
                 "best_epoch": best_epoch,
                 "stopped_early": stopped,
                 "epochs_run": len(history),
-                "train_seconds": round(sum(r["seconds"] for r in history), 3),
+                "train_seconds": train_seconds,
                 "final": history[-1],
                 "test": test,
             },
