@@ -1,20 +1,23 @@
 """Training throughput of one lever at a time, variants interleaved in one process.
 
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
-changed: `nchw` (contiguous NCHW instead of channels_last) and `relu-first` (the notes'
-conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function). The
+changed: `nchw` (contiguous NCHW instead of channels_last), `relu-first` (the notes'
+conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function) and, when
+asked for, `compile` (the model under torch.compile; its compile time is printed). The
 variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
 alike; the median images/s of each and its ratio to cnnlab's default are printed. This
 decided channels_last and the pool-before-ReLU order (README, "Benchmark").
 
     .venv/bin/python benchmarks/bench_levers.py                          # seed-mnist, 2000 images
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 3
+    .venv/bin/python benchmarks/bench_levers.py --variants cnnlab compile
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 from torch import nn
@@ -24,7 +27,7 @@ from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
 ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
-VARIANTS = ("cnnlab", "nchw", "relu-first")
+VARIANTS = ("cnnlab", "nchw", "relu-first", "compile")
 
 
 def relu_first(model: nn.Module) -> nn.Module:
@@ -49,6 +52,8 @@ def build(variant: str, name: str) -> tuple:
     if variant == "relu-first":
         relu_first(model)
     model = rt.place(model)
+    if variant == "compile":  # compiles on the first step (the warm-up below times it)
+        model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)
     return rt, model, opt, torch.Generator().manual_seed(0)
 
@@ -58,7 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="seed-mnist", help="a registered model (default seed-mnist)")
     p.add_argument("--images", type=int, default=2000, help="images per timed epoch")
     p.add_argument("--rounds", type=int, default=4, help="timed epochs per variant")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS[:3]),
+        choices=VARIANTS,
+        help="default: cnnlab nchw relu-first (compile takes about 30 s to compile)",
+    )
     args = p.parse_args(argv)
 
     info = model_info(args.model)
@@ -67,12 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, info.num_classes, (args.images,))
     state = {v: build(v, args.model) for v in args.variants}
     runs: dict[str, list[float]] = {v: [] for v in args.variants}
-    for v in args.variants:  # warm-up: the first calls allocate and pick kernels
+    warmup = {}
+    for v in args.variants:  # warm-up: the first calls allocate, pick kernels, compile
         rt, model, opt, gen = state[v]
         n = min(args.images, 100)
+        t0 = time.perf_counter()
         train_one_epoch(
             model, x[:n], y[:n], optimizer=opt, batch_size=50, generator=gen, runtime=rt
         )
+        warmup[v] = time.perf_counter() - t0
     for _ in range(args.rounds):
         for v in args.variants:
             rt, model, opt, gen = state[v]
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     for v in args.variants:
         ratio = f"  cnnlab / this = {base / med[v]:.2f}" if base and v != "cnnlab" else ""
         print(f"{v:11}  median {med[v]:7.1f} img/s  runs {[round(r) for r in runs[v]]}{ratio}")
+    if "compile" in warmup:
+        print(f"compile: warm-up epoch (with compiling) {warmup['compile']:.1f} s")
 
 
 if __name__ == "__main__":
