@@ -2,8 +2,9 @@
 
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
 changed: `nchw` (contiguous NCHW instead of channels_last), `relu-first` (the notes'
-conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function) and, when
-asked for, `compile` (the model under torch.compile; its compile time is printed). The
+conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function), `fp32` (no
+bf16 autocast; the same as `cnnlab` on CPUs without native bf16, where cnnlab trains in fp32)
+and, when asked for, `compile` (the model under torch.compile; its compile time is printed). The
 variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
 alike; the median images/s of each and its ratio to cnnlab's default are printed. This
 decided channels_last and the pool-before-ReLU order (README, "Benchmark").
@@ -27,7 +28,7 @@ from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
 ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
-VARIANTS = ("cnnlab", "nchw", "relu-first", "compile")
+VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "compile")
 
 
 def relu_first(model: nn.Module) -> nn.Module:
@@ -46,7 +47,8 @@ def relu_first(model: nn.Module) -> nn.Module:
 
 def build(variant: str, name: str) -> tuple:
     """(runtime, model, optimizer, generator) for one variant."""
-    rt = setup("cpu", channels_last=variant != "nchw", bf16=False)
+    # bf16: None = cnnlab's default (autocast only where the CPU has native bf16)
+    rt = setup("cpu", channels_last=variant != "nchw", bf16=False if variant == "fp32" else None)
     torch.manual_seed(0)
     model = create_model(name)
     if variant == "relu-first":
@@ -66,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS[:3]),
+        default=list(VARIANTS[:4]),
         choices=VARIANTS,
-        help="default: cnnlab nchw relu-first (compile takes about 30 s to compile)",
+        help="default: cnnlab nchw relu-first fp32 (compile takes about 30 s to compile)",
     )
     args = p.parse_args(argv)
 
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     base = med.get("cnnlab")
     print(
         f"{args.model}, batch 50, {args.images} images x {args.rounds} rounds, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, cnnlab autocast: {state['cnnlab'][0].amp_dtype}"
+        if "cnnlab" in state
+        else f"{args.model}, batch 50, {args.images} images x {args.rounds} rounds"
     )
     for v in args.variants:
         ratio = f"  cnnlab / this = {base / med[v]:.2f}" if base and v != "cnnlab" else ""

@@ -87,6 +87,23 @@ def test_intermediate_shapes_follow_the_keras_code() -> None:
     assert neu.fc1.in_features == 128 * 25 * 25
 
 
+def test_resnet_tiny_shapes_and_flops_by_hand() -> None:
+    """`--preset fast`'s model: stride-2 stem, two stride-2 residual blocks, GAP."""
+    model = create_model("resnet-tiny")
+    x = model.stem(torch.zeros(3, 1, 28, 28))
+    assert x.shape == (3, 16, 14, 14)
+    shapes = []
+    for stage in model.stages:
+        x = stage(x)
+        shapes.append(tuple(x.shape))
+    assert shapes == [(3, 32, 7, 7), (3, 64, 4, 4)]
+    # MACs: stem 16*14*14*9; block 1: 3x3 s2, 3x3, 1x1 shortcut at 7x7; block 2 at 4x4; fc
+    macs = (
+        16 * 196 * 9 + 32 * 49 * (16 * 9 + 32 * 9 + 16) + 64 * 16 * (32 * 9 + 64 * 9 + 32) + 64 * 10
+    )
+    assert count_flops(model, (1, 28, 28)) == 2 * macs == 3_297_664
+
+
 def _keras_order_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The notes' order written out with functional ops: conv (+ BN) -> ReLU -> max-pool 2."""
     if hasattr(model, "features"):  # seed models: ConvBlock = (conv, pool, relu)

@@ -43,18 +43,38 @@ def physical_cores() -> int:
 
 
 @cache
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback), for reports."""
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU for reports: /proc/cpuinfo's model name, family / model numbers and vector ISA.
+
+    Virtual machines often show a bare "AMD EPYC"; the family (25 = Zen 3/4, 26 = Zen 5) and
+    whether AVX-512 and native bf16 are there tell two such boxes apart, and decide whether
+    cnnlab trains in bf16. `cpuinfo` is the file's text (read from /proc when None).
+    """
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or "unknown"
+    first = cpuinfo.split("\n\n", 1)[0]  # the first processor's block
+    fields = {}
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    extra = (
+        [f"family {fields['cpu family']} model {fields.get('model', '?')}"]
+        if "cpu family" in fields
+        else []
+    )
+    extra += [isa] if isa else []
+    extra += ["native bf16"] if flags & {"avx512_bf16", "amx_bf16"} else []
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 @cache

@@ -78,6 +78,8 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(*stem)
         stages, c = [], widths[0]
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            if n == 0:  # an empty first stage: the stem's output goes on (resnet-tiny)
+                continue
             stage = [ResidualBlock(c, w, stride=1 if i == 0 else 2)]
             stage += [ResidualBlock(w, w) for _ in range(n - 1)]
             stages.append(nn.Sequential(*stage))
@@ -123,6 +125,28 @@ def resnet_digits(
     # (B, 1, 28, 28) -> stem (B, 32, 14, 14) -> (B, 32, 14, 14) -> (B, 64, 7, 7)
     # -> (B, 128, 4, 4) -> GAP (B, 128) -> (B, 10)
     return ResNet(in_channels, num_classes, image_size, widths(width), (1, 1, 1))
+
+
+@register_model(
+    "resnet-tiny",
+    in_channels=1,
+    num_classes=10,
+    image_size=(28, 28),
+    recipe={"optimizer": "sgd", "lr": 0.4, "batch_size": 128, "epochs": 2},
+)
+def resnet_tiny(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: tuple[int, int] = (28, 28),
+    width: str = "s",
+) -> ResNet:
+    """The fastest digit model (`--preset fast`): stride-2 stem conv, two stride-2 residual
+    blocks, GAP: 3.3 MFLOP an image (resnet-digits width s: 5.3), none of it at 28 x 28."""
+    # (B, 1, 28, 28) -> stem (B, 16, 14, 14) -> (B, 32, 7, 7) -> (B, 64, 4, 4)
+    # -> GAP (B, 64) -> (B, 10)
+    return ResNet(
+        in_channels, num_classes, image_size, widths(width), (0, 1, 1), 2, stem_pool=False
+    )
 
 
 @register_model(
