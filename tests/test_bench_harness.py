@@ -383,6 +383,12 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     levers.main(["--images", "50", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
-    for v in ("cnnlab", "nchw", "relu-first"):
+    for v in ("cnnlab", "nchw", "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
-    assert out.count("cnnlab / this =") == 2
+    assert out.count("cnnlab / this =") == 3
+    # cnnlab trains as `cnnlab train` does (bf16 autocast only with native bf16); fp32 never
+    from cnnlab.runtime import cpu_has_fast_bf16
+
+    native = torch.bfloat16 if cpu_has_fast_bf16() else None
+    assert levers.build("cnnlab", "seed-mnist")[0].amp_dtype == native
+    assert levers.build("fp32", "seed-mnist")[0].amp_dtype is None
