@@ -149,6 +149,20 @@ def test_predictor_logits_match_for_a_uint8_batch(exported: dict, tiny_run: Path
         torch.testing.assert_close(p.logits(images), ref.logits(images), rtol=1e-4, atol=1e-5)
 
 
+def test_torch_backend_runs_float32_even_where_training_uses_bf16(
+    tiny_run: Path, bar_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU with native bf16 training autocasts; predictions and the export check must
+    still be float32, or the check fails (0.033 on seed-neu) and probabilities move."""
+    import cnnlab.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.setup("cpu").amp_dtype == torch.bfloat16  # what training would use here
+    assert load_predictor(tiny_run, device="cpu").runtime.amp_dtype is None
+    r = export_model(tiny_run, tmp_path / "m.onnx", images=bar_files, atol=1e-5)
+    assert r["check"]["passed"] and r["check"]["max_abs_diff_probs"] <= 1e-5
+
+
 def test_a_disagreeing_export_is_refused_and_not_written(
     tiny_run: Path, bar_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

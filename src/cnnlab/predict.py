@@ -47,9 +47,10 @@ def image_logits(
 ) -> np.ndarray:
     """Logits (N, K) for uint8 (N, C, H, W) images already at the model's size.
 
-    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]).
+    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]). Float32,
+    as every backend (`cnnlab.backends.TorchPredictor`).
     """
-    rt = setup(device)
+    rt = setup(device, bf16=False)
     return predict_logits(rt.place(model), images_u8, runtime=rt, tta=tta).numpy()
 
 
