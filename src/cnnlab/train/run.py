@@ -486,7 +486,9 @@ def train(
         if val_xy is not None:  # temperature scaling on the val split, stored with the best model
             from cnnlab.calibration import calibrate_saved_model, calibration_line
 
-            record = calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=rt)
+            # float32 logits, as predict / serve / the exported models compute them
+            fp32 = dataclasses.replace(rt, amp_dtype=None)
+            record = calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=fp32)
             log(calibration_line(record))
         _save_curves(run_dir, history)
         write_json(
