@@ -98,11 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             runs[v].append(out["images_per_s"])
     med = {v: statistics.median(r) for v, r in runs.items()}
     base = med.get("cnnlab")
+    amp = state["cnnlab"][0].amp_dtype if "cnnlab" in state else None
     print(
         f"{args.model}, batch 50, {args.images} images x {args.rounds} rounds, "
-        f"{torch.get_num_threads()} threads, cnnlab autocast: {state['cnnlab'][0].amp_dtype}"
-        if "cnnlab" in state
-        else f"{args.model}, batch 50, {args.images} images x {args.rounds} rounds"
+        f"{torch.get_num_threads()} threads, cnnlab autocast: {amp or 'none (fp32)'}"
     )
     for v in args.variants:
         ratio = f"  cnnlab / this = {base / med[v]:.2f}" if base and v != "cnnlab" else ""

@@ -42,7 +42,30 @@ def physical_cores() -> int:
     return max(1, logical // max(1, per_core))
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of native bf16 math
+
+
 @cache
+def _proc_cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once a process ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first processor's "key: value" lines of /proc/cpuinfo (or of `cpuinfo`)."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU for reports: /proc/cpuinfo's model name, family / model numbers and vector ISA.
 
@@ -52,40 +75,22 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     """
     import platform
 
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return platform.processor() or "unknown"
-    first = cpuinfo.split("\n\n", 1)[0]  # the first processor's block
-    fields = {}
-    for line in first.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
+    fields = cpu_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or "unknown"
     flags = set(fields.get("flags", "").split())
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-    extra = (
-        [f"family {fields['cpu family']} model {fields.get('model', '?')}"]
-        if "cpu family" in fields
-        else []
-    )
-    extra += [isa] if isa else []
-    extra += ["native bf16"] if flags & {"avx512_bf16", "amx_bf16"} else []
+    extra = []
+    if "cpu family" in fields:
+        extra.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
+    if "avx512f" in flags or "avx2" in flags:
+        extra.append("AVX-512" if "avx512f" in flags else "AVX2")
+    if flags & BF16_FLAGS:
+        extra.append("native bf16")
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
-@cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 or AMX); bf16 is slow without it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(set(cpu_fields().get("flags", "").split()) & BF16_FLAGS)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt() parameters, glibc's malloc.h
