@@ -4,7 +4,9 @@ Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with
 changed: `nchw` (contiguous NCHW instead of channels_last), `relu-first` (the notes'
 conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function), `fp32` (no
 bf16 autocast; the same as `cnnlab` on CPUs without native bf16, where cnnlab trains in fp32)
-and, when asked for, `compile` (the model under torch.compile; its compile time is printed). The
+and, when asked for, `stem-fp32` (the first block, 1 input channel, outside the autocast),
+`1-thread` (one CPU thread instead of one per core) and `compile` (the model under
+torch.compile; its compile time is printed). The
 variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
 alike; the median images/s of each and its ratio to cnnlab's default are printed. This
 decided channels_last and the pool-before-ReLU order (README, "Benchmark").
@@ -12,6 +14,7 @@ decided channels_last and the pool-before-ReLU order (README, "Benchmark").
     .venv/bin/python benchmarks/bench_levers.py                          # seed-mnist, 2000 images
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 3
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab compile
+    .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
 ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
-VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "compile")
+VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "stem-fp32", "1-thread", "compile")
 
 
 def relu_first(model: nn.Module) -> nn.Module:
@@ -45,6 +48,19 @@ def relu_first(model: nn.Module) -> nn.Module:
     return model
 
 
+class Fp32Block(nn.Module):
+    """`block` run outside the autocast, in float32 (for the 1-channel stem, where bf16 buys
+    no matmul speed)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float())
+
+
 def build(variant: str, name: str) -> tuple:
     """(runtime, model, optimizer, generator) for one variant."""
     # bf16: None = cnnlab's default (autocast only where the CPU has native bf16)
@@ -53,6 +69,8 @@ def build(variant: str, name: str) -> tuple:
     model = create_model(name)
     if variant == "relu-first":
         relu_first(model)
+    if variant == "stem-fp32":  # the seed models' first ConvBlock
+        model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
     if variant == "compile":  # compiles on the first step (the warm-up below times it)
         model = torch.compile(model)
@@ -79,10 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randint(0, 256, (args.images, info.in_channels, *info.image_size), dtype=torch.uint8)
     y = torch.randint(0, info.num_classes, (args.images,))
     state = {v: build(v, args.model) for v in args.variants}
+    cores = torch.get_num_threads()
+    threads = {v: 1 if v == "1-thread" else cores for v in args.variants}
     runs: dict[str, list[float]] = {v: [] for v in args.variants}
     warmup = {}
     for v in args.variants:  # warm-up: the first calls allocate, pick kernels, compile
         rt, model, opt, gen = state[v]
+        torch.set_num_threads(threads[v])
         n = min(args.images, 100)
         t0 = time.perf_counter()
         train_one_epoch(
@@ -92,10 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for v in args.variants:
             rt, model, opt, gen = state[v]
+            torch.set_num_threads(threads[v])
             out = train_one_epoch(
                 model, x, y, optimizer=opt, batch_size=50, generator=gen, runtime=rt
             )
             runs[v].append(out["images_per_s"])
+    torch.set_num_threads(cores)
     med = {v: statistics.median(r) for v, r in runs.items()}
     base = med.get("cnnlab")
     amp = state["cnnlab"][0].amp_dtype if "cnnlab" in state else None

@@ -392,3 +392,31 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     native = torch.bfloat16 if cpu_has_fast_bf16() else None
     assert levers.build("cnnlab", "seed-mnist")[0].amp_dtype == native
     assert levers.build("fp32", "seed-mnist")[0].amp_dtype is None
+    # the stem-fp32 variant: the first block in float32 under the autocast, same numbers
+    block = create_model("seed-mnist").features[0]
+    x = torch.rand(2, 1, 28, 28)
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        got = levers.Fp32Block(block)(x)
+    assert got.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(got, block(x))
+    threads = torch.get_num_threads()
+    levers.main(
+        ["--images", "50", "--rounds", "1", "--variants", "cnnlab", "stem-fp32", "1-thread"]
+    )
+    out = capsys.readouterr().out
+    assert "\nstem-fp32 " in out and "\n1-thread " in out and out.count("cnnlab / this =") == 2
+    assert torch.get_num_threads() == threads  # the 1-thread variant gives the cores back
+
+
+def test_ensemble_check_rows_by_hand() -> None:
+    ens = _load("ensemble_check")
+    truth = np.array([0, 1, 1])
+    a = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])  # wrong on b.png
+    b = np.array([[0.4, 0.6], [0.1, 0.9], [0.3, 0.7]])  # wrong on a.png
+    rows = ens.error_rows(["A", "B"], [a, b], truth, ["a.png", "b.png", "c.png"])
+    assert rows == [
+        {"runs": ["A"], "errors": ["b.png"]},
+        {"runs": ["B"], "errors": ["a.png"]},
+        {"runs": ["A", "B"], "errors": []},  # means 0.65 / 0.35 / 0.25: all right
+    ]

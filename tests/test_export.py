@@ -149,6 +149,39 @@ def test_predictor_logits_match_for_a_uint8_batch(exported: dict, tiny_run: Path
         torch.testing.assert_close(p.logits(images), ref.logits(images), rtol=1e-4, atol=1e-5)
 
 
+def test_mirror_tta_is_stored_applied_and_exported(tmp_path: Path) -> None:
+    """A run trained with --augment flips --tta stores "flips"; every backend averages the
+    log-softmax over the 4 mirrors and never over the 90-degree turns."""
+    from cnnlab.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        data="synthetic",
+        model="seed-mnist",
+        epochs=1,
+        batch_size=20,
+        augment="flips",
+        tta=True,
+        out=str(run),
+        device="cpu",
+    )
+    train(cfg, bars_dataset(), progress=False, log=lambda _m: None)
+    model, meta = load_model(run)
+    assert meta["tta"] == "flips"
+    images = torch.from_numpy(
+        np.stack([bar_image(i % 3, 16, np.random.default_rng(i)) for i in range(6)])[:, None]
+    )
+    x = images.float() / 255
+    with torch.no_grad():  # the reference: plain forward passes on the 4 mirrors
+        views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)]
+        ref = torch.stack([torch.log_softmax(model(v), 1) for v in views]).mean(0)
+    torch.testing.assert_close(load_predictor(run, device="cpu").logits(images), ref)
+    onnx_file = export_model(run, tmp_path / "m.onnx")["path"]
+    got = load_predictor(onnx_file).logits(images)
+    assert load_predictor(onnx_file).meta["tta"] == "flips"
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_torch_backend_runs_float32_even_where_training_uses_bf16(
     tiny_run: Path, bar_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

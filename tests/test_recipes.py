@@ -11,11 +11,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnlab.data.augment import AUGMENTS, AugmentSpec, augment, dihedral, get_augment, warp
+from cnnlab.data.augment import (
+    AUGMENTS,
+    AugmentSpec,
+    augment,
+    dihedral,
+    get_augment,
+    symmetric_views,
+    symmetry_of,
+    tta_symmetry,
+    warp,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.engine import dihedral_views
 from cnnlab.train.presets import PRESETS, best_for_data, goal_line, preset_values
 from cnnlab.train.run import epoch_generator, improves
 from cnnlab.train.schedule import lr_at
@@ -61,13 +70,47 @@ def test_dihedral_gives_one_of_eight_symmetries() -> None:
     assert len(seen) == 8  # all eight appear in 64 draws
 
 
-def test_dihedral_views_are_the_eight_symmetries() -> None:
+def test_flips_policy_mirrors_but_never_turns() -> None:
+    x = torch.rand(64, 1, 5, 5)
+    y = augment(x, get_augment("flips"), torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(64):
+        img = x[i, 0].numpy()
+        refs = [img, img[:, ::-1], img[::-1, :], img[::-1, ::-1]]  # numpy's mirrors
+        hits = [j for j, r in enumerate(refs) if np.array_equal(y[i, 0].numpy(), r)]
+        assert hits, f"image {i} is not a mirror of its input (a 90-degree turn?)"
+        seen.add(hits[0])
+    assert seen == {0, 1, 2, 3}  # all four appear in 64 draws
+    assert symmetry_of(get_augment("flips")) == "flips"
+    assert symmetry_of(get_augment("texture")) == symmetry_of(get_augment("none")) == "dihedral"
+
+
+def test_symmetric_views_are_the_mirrors_or_all_eight_symmetries() -> None:
     x = torch.rand(1, 1, 4, 4)
-    views = {tuple(v.flatten().tolist()) for v in dihedral_views(x)}
-    refs = {tuple(np.rot90(m, k).flatten().tolist()) for m in (x[0, 0].numpy(),) for k in range(4)}
-    refs |= {tuple(np.rot90(x[0, 0].numpy().T, k).flatten().tolist()) for k in range(4)}
-    assert views == refs
-    assert len(dihedral_views(torch.rand(1, 1, 4, 6))) == 4  # non-square: flips only
+    img = x[0, 0].numpy()
+
+    def as_set(views: list[torch.Tensor]) -> set:
+        return {tuple(v.flatten().tolist()) for v in views}
+
+    eight = {tuple(np.rot90(img, k).flatten().tolist()) for k in range(4)}
+    eight |= {tuple(np.rot90(img.T, k).flatten().tolist()) for k in range(4)}
+    assert as_set(symmetric_views(x, "dihedral")) == eight
+    mirrors = {
+        tuple(np.ascontiguousarray(m).flatten().tolist())
+        for m in (img, img[:, ::-1], img[::-1], img[::-1, ::-1])
+    }
+    assert as_set(symmetric_views(x, "flips")) == mirrors
+    assert len(symmetric_views(torch.rand(1, 1, 4, 6), "dihedral")) == 4  # non-square: mirrors
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        symmetric_views(x, "rot45")
+
+
+def test_tta_entry_of_a_model_json() -> None:
+    assert tta_symmetry(False) is None and tta_symmetry(None) is None
+    assert tta_symmetry(True) == "dihedral"  # model files written before the mirrors policy
+    assert tta_symmetry("flips") == "flips"
+    with pytest.raises(ValueError, match='"tta" must be'):
+        tta_symmetry("sideways")
 
 
 def test_photometric_brightness_and_contrast() -> None:
@@ -172,7 +215,7 @@ def test_best_for_data_follows_the_images() -> None:
     digits = best_for_data(20000, 1, (28, 28), 10)
     assert digits["augment"] == "digits" and digits["image_size"] is None
     steel = best_for_data(300, 1, (200, 200), 6)
-    assert steel["augment"] == "texture" and steel["image_size"] == (128, 128)
+    assert steel["augment"] == "flips" and steel["image_size"] == (128, 128)
     assert steel["width"] == "s" and 15 <= steel["epochs"] <= 100
     photo = best_for_data(8000, 3, (480, 640), 4)
     assert photo["image_size"] == (128, 168) and photo["width"] == "l"

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from cnnlab.data.augment import symmetric_views, tta_symmetry
 from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import load_model, resolve_model_file
 from cnnlab.train.engine import EVAL_BATCH, to_input
@@ -83,9 +84,7 @@ class TorchPredictor:
     def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
         from cnnlab.train.engine import predict_logits
 
-        return predict_logits(
-            self.model, images_u8, runtime=self.runtime, tta=bool(self.meta.get("tta"))
-        )
+        return predict_logits(self.model, images_u8, runtime=self.runtime, tta=self.meta.get("tta"))
 
 
 class OnnxPredictor:
@@ -160,13 +159,12 @@ def with_tta(
     run: Callable[[torch.Tensor], torch.Tensor], images_u8: torch.Tensor, meta: dict[str, Any]
 ) -> torch.Tensor:
     """run(images) or, when the model JSON asks for test-time augmentation, the mean
-    log-softmax over the flips / rotations, as `cnnlab.train.engine.predict_logits` does."""
-    if not meta.get("tta"):
+    log-softmax over its symmetries, as `cnnlab.train.engine.predict_logits` does."""
+    symmetry = tta_symmetry(meta.get("tta"))
+    if symmetry is None:
         return run(images_u8)
-    from cnnlab.train.engine import dihedral_views
-
-    views = [torch.log_softmax(run(v.contiguous()), dim=1) for v in dihedral_views(images_u8)]
-    return torch.stack(views).mean(0)
+    views = symmetric_views(images_u8, symmetry)
+    return torch.stack([torch.log_softmax(run(v.contiguous()), dim=1) for v in views]).mean(0)
 
 
 def parse_meta(raw: str | bytes | None, path: Path, where: str) -> dict[str, Any]:
@@ -176,6 +174,7 @@ def parse_meta(raw: str | bytes | None, path: Path, where: str) -> dict[str, Any
     try:
         meta = json.loads(raw)
         _ = meta["class_names"], meta["input"]["channels"], meta["input"]["size"]
+        tta_symmetry(meta.get("tta"))
     except (ValueError, KeyError, TypeError) as e:
         raise CnnlabError(f"cnnlab metadata in {where} is malformed ({e})", path) from None
     return meta

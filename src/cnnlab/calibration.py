@@ -232,9 +232,7 @@ def calibrate_saved_model(
     from cnnlab.train.engine import predict_logits
 
     model, meta = load_model(model_file)
-    logits = predict_logits(
-        runtime.place(model), images_u8, runtime=runtime, tta=bool(meta.get("tta"))
-    )
+    logits = predict_logits(runtime.place(model), images_u8, runtime=runtime, tta=meta.get("tta"))
     if not bool(torch.isfinite(logits).all()):
         return {"temperature": None, "note": "not calibrated: the model's logits are not finite"}
     return store_calibration(model_file, logits, labels.cpu(), n_bins=n_bins)
@@ -284,7 +282,7 @@ def calibrate_model(
         )
     part = ds.split("val")
     y = match_classes(part.class_names, list(meta["class_names"]), str(data))[part.labels.numpy()]
-    logits = image_logits(model, part.images, device=device, tta=bool(meta.get("tta")))
+    logits = image_logits(model, part.images, device=device, tta=meta.get("tta"))
     try:
         record = store_calibration(model_file, logits, y, n_bins=n_bins)
     except ValueError as e:

@@ -43,11 +43,15 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def image_logits(
-    model: nn.Module, images_u8: torch.Tensor, *, device: str = "auto", tta: bool = False
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    *,
+    device: str = "auto",
+    tta: bool | str | None = False,
 ) -> np.ndarray:
     """Logits (N, K) for uint8 (N, C, H, W) images already at the model's size.
 
-    `tta`: average over flips / rotations, as the model's JSON asks (meta["tta"]). Float32,
+    `tta`: average over mirrors / rotations, as the model's JSON asks (meta["tta"]). Float32,
     as every backend (`cnnlab.backends.TorchPredictor`).
     """
     rt = setup(device, bf16=False)
@@ -66,7 +70,7 @@ def predict_images(
     With the model's `meta`, its test-time augmentation and calibration temperature (if any)
     are applied.
     """
-    tta = bool((meta or {}).get("tta"))
+    tta = (meta or {}).get("tta")
     return probabilities(image_logits(model, images_u8, device=device, tta=tta), meta)
 
 

@@ -65,16 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default 0)")
     p.add_argument(
         "--augment",
-        choices=("none", "digits", "texture", "texture-full"),
-        help="digits: small affine moves; texture: flips and 90-degree rotations; "
-        "texture-full: + shifts, brightness, contrast, noise (default none)",
+        choices=("none", "digits", "flips", "texture", "texture-full"),
+        help="digits: small affine moves; flips: left-right / up-down mirrors (axes kept, "
+        "for surfaces with a direction such as rolled steel); texture: flips and 90-degree "
+        "rotations; texture-full: + shifts, brightness, contrast, noise (default none)",
     )
     p.add_argument("--ema", type=float, help="keep an average of the weights, e.g. 0.999")
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="evaluate with flips / rotations averaged (orientation-free data only)",
+        help="evaluate with the training's symmetries averaged: the 4 mirrors after "
+        "--augment flips, else the 8 flips / rotations (orientation-free data only)",
     )
     p.add_argument("--width", choices=("s", "m", "l"), help="width of the resnet-* models")
     p.add_argument("--seed", type=int, default=0, help="seed for split, init and batch order")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.data.augment import AugmentSpec, augment
+from cnnlab.data.augment import AugmentSpec, augment, symmetric_views, tta_symmetry
 from cnnlab.progress import progress_bar
 from cnnlab.runtime import Runtime
 
@@ -156,20 +156,22 @@ def predict_logits(
     *,
     runtime: Runtime,
     batch_size: int = EVAL_BATCH,
-    tta: bool = False,
+    tta: bool | str | None = False,
 ) -> torch.Tensor:
     """Logits (N, num_classes), float32 on the CPU, for uint8 images (any device).
 
-    `tta`: test-time augmentation, the mean of the log-softmax over the 8 flips / 90-degree
-    rotations (4 flips for non-square images); for models trained on orientation-free data.
+    `tta`: test-time augmentation, the mean of the log-softmax over the symmetries the model
+    was trained with: "flips" (the 4 mirrors) or "dihedral" / True (the 8 flips / 90-degree
+    rotations; 4 for non-square images). A model JSON's "tta" entry can be passed as it is.
     """
     model.eval()
+    symmetry = tta_symmetry(tta)
     out = []
     for start in range(0, images_u8.shape[0], batch_size):
         x = to_input(images_u8[start : start + batch_size].to(runtime.device), runtime)
         with runtime.autocast():
-            if tta:
-                views = dihedral_views(x)
+            if symmetry is not None:
+                views = symmetric_views(x, symmetry)
                 out.append(
                     torch.stack([F.log_softmax(model(v).float(), 1) for v in views]).mean(0).cpu()
                 )
@@ -178,14 +180,6 @@ def predict_logits(
     if not out:
         return torch.zeros((0, 0))
     return torch.cat(out)
-
-
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """x under the 8 flips / 90-degree rotations (the 4 flips when H != W)."""
-    views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)]
-    if x.shape[2] == x.shape[3]:
-        views += [v.transpose(2, 3) for v in views]
-    return views
 
 
 @torch.inference_mode()
@@ -197,7 +191,7 @@ def evaluate(
     runtime: Runtime,
     batch_size: int = EVAL_BATCH,
     class_weights: torch.Tensor | None = None,
-    tta: bool = False,
+    tta: bool | str | None = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and predictions over every image (last batch at its size).
 

@@ -26,7 +26,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.atomic import write_json, write_text
-from cnnlab.data.augment import AUGMENTS, get_augment
+from cnnlab.data.augment import AUGMENTS, get_augment, symmetry_of
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
@@ -94,9 +94,9 @@ class TrainConfig:
     weight_decay: float | None = None  # L2 penalty (SGD) / decoupled (Adam -> AdamW)
     schedule: str | None = None  # constant | onecycle | cosine (cnnlab.train.schedule)
     label_smoothing: float | None = None  # share of the target spread over all classes
-    augment: str | None = None  # none | digits | texture (cnnlab.data.augment)
+    augment: str | None = None  # none | digits | flips | texture (cnnlab.data.augment)
     ema: float | None = None  # decay of the weight average used for eval / the model file
-    tta: bool | None = None  # test-time augmentation (flips / rotations) when evaluating
+    tta: bool | None = None  # test-time augmentation over the training's symmetries
     width: str | None = None  # model width option (s | m | l) for models that take one
     seed: int = 0
     val_split: float | None = None  # None = the preset's (0 without one)
@@ -345,6 +345,8 @@ def train(
         )
     eval_model = model if ema is None else ema.module
     aug = get_augment(cfg.augment)
+    # test-time augmentation averages over the symmetries the training drew from
+    tta = symmetry_of(aug) if cfg.tta else None
     aug = None if aug.is_identity else aug  # nothing to draw: skip the augmentation call
 
     def on_device(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -370,7 +372,7 @@ def train(
         cfg.model,
         kwargs,
         dataset.class_names,
-        tta=bool(cfg.tta),
+        tta=tta or False,
         trained={
             "data": cfg.data,
             "seed": cfg.seed,
@@ -429,7 +431,7 @@ def train(
             "images_per_s": round(tr["images_per_s"], 1),
         }
         if val_xy is not None:
-            va = evaluate(eval_model, *val_xy, runtime=rt, class_weights=weights, tta=cfg.tta)
+            va = evaluate(eval_model, *val_xy, runtime=rt, class_weights=weights, tta=tta)
             row["val_loss"], row["val_accuracy"] = round(va["loss"], 6), round(va["accuracy"], 6)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
@@ -471,12 +473,15 @@ def train(
     train_seconds = round(sum(r["seconds"] for r in history), 3)
     if not is_main:  # rank 0 evaluates on the test images and writes the rest
         return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+    # the test pass and the temperature in float32, as predict / serve / the exported models
+    # compute (bf16 logits move a borderline image's class; README, "Accuracy")
+    fp32 = dataclasses.replace(rt, amp_dtype=None)
     if test_xy is not None:
         if best_epoch != history[-1]["epoch"]:
             from cnnlab.train.checkpoint import load_model
 
             eval_model = rt.place(load_model(run_dir / MODEL_FILE)[0])
-        te = evaluate(eval_model, *test_xy, runtime=rt, tta=cfg.tta)
+        te = evaluate(eval_model, *test_xy, runtime=fp32, tta=tta)
         test = {"split": "test", "loss": te["loss"], "accuracy": te["accuracy"], "n": te["n"]}
         log(f"test accuracy {te['accuracy']:.4f} on {te['n']} images (best epoch {best_epoch})")
         goal = goal_line(cfg.preset, cfg.data, te["accuracy"], train_seconds)
@@ -486,8 +491,6 @@ def train(
         if val_xy is not None:  # temperature scaling on the val split, stored with the best model
             from cnnlab.calibration import calibrate_saved_model, calibration_line
 
-            # float32 logits, as predict / serve / the exported models compute them
-            fp32 = dataclasses.replace(rt, amp_dtype=None)
             record = calibrate_saved_model(run_dir / MODEL_FILE, *val_xy, runtime=fp32)
             log(calibration_line(record))
         _save_curves(run_dir, history)
