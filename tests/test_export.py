@@ -152,20 +152,7 @@ def test_predictor_logits_match_for_a_uint8_batch(exported: dict, tiny_run: Path
 def test_mirror_tta_is_stored_applied_and_exported(tmp_path: Path) -> None:
     """A run trained with --augment flips --tta stores "flips"; every backend averages the
     log-softmax over the 4 mirrors and never over the 90-degree turns."""
-    from cnnlab.train import TrainConfig, train
-
-    run = tmp_path / "run"
-    cfg = TrainConfig(
-        data="synthetic",
-        model="seed-mnist",
-        epochs=1,
-        batch_size=20,
-        augment="flips",
-        tta=True,
-        out=str(run),
-        device="cpu",
-    )
-    train(cfg, bars_dataset(), progress=False, log=lambda _m: None)
+    run = train_tiny_run(tmp_path / "run", epochs=1, augment="flips", tta=True)
     model, meta = load_model(run)
     assert meta["tta"] == "flips"
     images = torch.from_numpy(

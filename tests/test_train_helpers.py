@@ -7,6 +7,7 @@ a CNN must learn it quickly and any accuracy well above chance proves real learn
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,18 +66,19 @@ def write_bars_folder(root: Path, n_per_class: int = 40, size: int = 16, seed: i
     return root
 
 
-_RUNS: dict[tuple[int, int], Path] = {}  # one tiny run per test process, shared by modules
+_RUNS: dict[tuple, Path] = {}  # one tiny run per test process, shared by modules
 
 
-def train_tiny_run(out: Path, *, epochs: int = 3, seed: int = 0) -> Path:
+def train_tiny_run(out: Path, *, epochs: int = 3, seed: int = 0, **overrides: Any) -> Path:
     """Train seed-mnist (at 16x16, 3 classes) on bars for a few seconds; returns the run dir.
 
-    The first call in a test process trains into `out`; later calls with the same settings
-    return that run (tests only read it).
+    `overrides`: other TrainConfig fields (e.g. augment="flips", tta=True). The first call in
+    a test process trains into `out`; later calls with the same settings return that run
+    (tests only read it).
     """
     from cnnlab.train import TrainConfig, train
 
-    key = (epochs, seed)
+    key = (epochs, seed, *sorted(overrides.items()))
     if key in _RUNS and (_RUNS[key] / "model.safetensors").is_file():
         return _RUNS[key]
     cfg = TrainConfig(
@@ -88,6 +90,7 @@ def train_tiny_run(out: Path, *, epochs: int = 3, seed: int = 0) -> Path:
         val_split=0.2,
         out=str(out),
         device="cpu",
+        **overrides,
     )
     train(cfg, bars_dataset(), progress=False, log=lambda _m: None)
     _RUNS[key] = out

@@ -15,17 +15,16 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from cnnlab.data.augment import symmetric_views, tta_symmetry
+from cnnlab.data.augment import tta_symmetry
 from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import load_model, resolve_model_file
-from cnnlab.train.engine import EVAL_BATCH, to_input
+from cnnlab.train.engine import EVAL_BATCH, to_input, tta_logits
 
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
@@ -114,10 +113,11 @@ class OnnxPredictor:
 
     def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
         def run(batch: torch.Tensor) -> torch.Tensor:
-            x = to_input(batch.cpu()).numpy()
+            x = to_input(batch.cpu().contiguous()).numpy()
             return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
 
-        out = [with_tta(run, batch, self.meta) for batch in images_u8.split(EVAL_BATCH)]
+        symmetry = tta_symmetry(self.meta.get("tta"))
+        out = [tta_logits(run, batch, symmetry) for batch in images_u8.split(EVAL_BATCH)]
         return torch.cat(out) if out else torch.zeros((0, len(self.meta["class_names"])))
 
 
@@ -149,22 +149,11 @@ class TorchScriptPredictor:
     @torch.inference_mode()
     def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
         def run(batch: torch.Tensor) -> torch.Tensor:
-            return self.module(to_input(batch.cpu())).float()
+            return self.module(to_input(batch.cpu().contiguous())).float()
 
-        out = [with_tta(run, batch, self.meta) for batch in images_u8.split(EVAL_BATCH)]
+        symmetry = tta_symmetry(self.meta.get("tta"))
+        out = [tta_logits(run, batch, symmetry) for batch in images_u8.split(EVAL_BATCH)]
         return torch.cat(out) if out else torch.zeros((0, len(self.meta["class_names"])))
-
-
-def with_tta(
-    run: Callable[[torch.Tensor], torch.Tensor], images_u8: torch.Tensor, meta: dict[str, Any]
-) -> torch.Tensor:
-    """run(images) or, when the model JSON asks for test-time augmentation, the mean
-    log-softmax over its symmetries, as `cnnlab.train.engine.predict_logits` does."""
-    symmetry = tta_symmetry(meta.get("tta"))
-    if symmetry is None:
-        return run(images_u8)
-    views = symmetric_views(images_u8, symmetry)
-    return torch.stack([torch.log_softmax(run(v.contiguous()), dim=1) for v in views]).mean(0)
 
 
 def parse_meta(raw: str | bytes | None, path: Path, where: str) -> dict[str, Any]:

@@ -170,16 +170,22 @@ def predict_logits(
     for start in range(0, images_u8.shape[0], batch_size):
         x = to_input(images_u8[start : start + batch_size].to(runtime.device), runtime)
         with runtime.autocast():
-            if symmetry is not None:
-                views = symmetric_views(x, symmetry)
-                out.append(
-                    torch.stack([F.log_softmax(model(v).float(), 1) for v in views]).mean(0).cpu()
-                )
-            else:
-                out.append(model(x).float().cpu())
+            out.append(tta_logits(lambda v: model(v).float(), x, symmetry).cpu())
     if not out:
         return torch.zeros((0, 0))
     return torch.cat(out)
+
+
+def tta_logits(
+    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, symmetry: str | None
+) -> torch.Tensor:
+    """run(x), or with a `symmetry` ("flips" / "dihedral", see `tta_symmetry`) the mean
+    log-softmax of run over x's symmetric views: the one test-time augmentation of every
+    backend."""
+    if symmetry is None:
+        return run(x)
+    views = symmetric_views(x, symmetry)
+    return torch.stack([F.log_softmax(run(v), 1) for v in views]).mean(0)
 
 
 @torch.inference_mode()
