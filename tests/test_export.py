@@ -23,6 +23,7 @@ from cnnlab.export import export_model
 from cnnlab.images import write_image
 from cnnlab.predict import predict_files
 from cnnlab.train import load_model
+from cnnlab.train.checkpoint import update_model_meta
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -167,6 +168,9 @@ def test_mirror_tta_is_stored_applied_and_exported(tmp_path: Path) -> None:
     got = load_predictor(onnx_file).logits(images)
     assert load_predictor(onnx_file).meta["tta"] == "flips"
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    update_model_meta(run, tta="sideways")  # a hand-edited model file: one clear error
+    with pytest.raises(CnnlabError, match=r'malformed .*"tta" must be'):
+        load_predictor(run, device="cpu")
 
 
 def test_torch_backend_runs_float32_even_where_training_uses_bf16(

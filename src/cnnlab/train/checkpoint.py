@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnnlab.atomic import atomic_path, write_json
+from cnnlab.data.augment import tta_symmetry
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.train.engine import PIXEL_SCALE
@@ -269,6 +270,7 @@ def load_model(src: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             raise ValueError("wrong format tag")
         arch, kwargs = meta["architecture"], dict(meta["kwargs"])
         kwargs["image_size"] = tuple(kwargs["image_size"])
+        tta_symmetry(meta.get("tta"))  # evaluate / predict would trip over it later
     except (ValueError, KeyError, TypeError) as e:
         raise CnnlabError(f"cnnlab model metadata is malformed ({e})", path) from None
     model = create_model(arch, **kwargs)
