@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -32,6 +33,25 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(vals) != 2 or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"size wants positive H or HxW, got '{text}'")
     return vals[0], vals[1]
+
+
+_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """argparse type for durations: `600`, `600s`, `10m`, `1.5h` -> seconds; `0` = no limit."""
+    t = text.strip().lower()
+    unit = _SECONDS.get(t[-1:], None)
+    number = t[:-1] if unit else t
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"duration wants seconds or a number with s, m or h (600, 10m), got '{text}'"
+        ) from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"duration must be >= 0, got '{text}'")
+    return value
 
 
 def print_json(obj: Any) -> None:

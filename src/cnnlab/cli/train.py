@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli.common import add_command, parse_size, print_json
+from cnnlab.cli.common import add_command, parse_duration, parse_size, print_json
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab train --data neu --preset best --out runs/neu-best\n"
         "  cnnlab train --data my_defects/ --preset best      # model, size, augmentation chosen\n"
         "  cnnlab train --data mnist --preset fast              # 99% in seconds, see README\n"
+        "  cnnlab train --data mnist --preset best --time-budget 5m   # epochs cut to fit\n"
         "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
         "      --class-weights auto --image-size 128x128\n"
         "  cnnlab train --resume runs/neu                  # continue an interrupted run\n"
@@ -96,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patience",
         type=int,
         help="stop after N epochs without val-loss improvement (needs --val-split)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        metavar="DURATION",
+        help="train at most about this long (600, 600s, 10m, 1.5h): a few steps are timed "
+        "first and the epochs cut to fit (--preset best for MNIST / NEU: 9m); 0 = no limit",
     )
     p.add_argument(
         "--select",
@@ -247,6 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         test_split=args.test_split,
         patience=args.patience,
+        time_budget=args.time_budget,
         select=args.select,
         class_weights=args.class_weights,
         device=args.device,

@@ -50,6 +50,11 @@ _BEST_COMMON: dict[str, Any] = {
     "select": "last",
 }
 
+# The MNIST / NEU `best` runs must train within 10 minutes (issue 6) on whatever 2-core CPU
+# they get: a few steps are timed first and the epochs cut to fit 9 minutes (the 10th is
+# headroom for a noisy machine; cnnlab.train.budget). The recipes' epochs are the most.
+BEST_TIME_BUDGET = 540.0
+
 _BEST = {
     "mnist": {
         **_BEST_COMMON,
@@ -57,8 +62,9 @@ _BEST = {
         "width": "l",
         "augment": "digits",
         # 30 won over 12 on the validation digits (mean of 3 seeds, 99.67% vs 99.62%, README);
-        # about 6 minutes on the Zen 5 box, 25 on the older Zen 3 one (use --epochs 12 there)
+        # about 6 minutes on the Zen 5 box; slower CPUs get fewer (time_budget)
         "epochs": 30,
+        "time_budget": BEST_TIME_BUDGET,
         "batch_size": 128,
         "lr": 0.1,
         "val_split": 1 / 12,  # 5000 of the 60000 training digits
@@ -73,6 +79,7 @@ _BEST = {
         "augment": "flips",
         "tta": True,
         "epochs": 80,
+        "time_budget": BEST_TIME_BUDGET,
         "batch_size": 32,
         "lr": 0.1,
     },
@@ -96,20 +103,26 @@ _FAST = {
 }
 
 
-# What `--preset fast` is for (issue 5): this test accuracy within this many training seconds.
-FAST_GOAL = {"mnist": (0.99, 10.0)}
+# What the presets are for: this test accuracy within this many training seconds (issue 5:
+# `fast`; issue 6: `best`, whose targets are means over 3 seeds, so one run only indicates).
+GOALS = {
+    ("fast", "mnist"): (0.99, 10.0),
+    ("best", "mnist"): (0.996, 600.0),
+    ("best", "neu"): (0.997, 600.0),
+}
 
 
 def goal_line(preset: str | None, data: str, accuracy: float, seconds: float) -> str | None:
-    """One line saying whether a `fast` run reached its goal; None for other presets / data."""
-    key = known_data(data)
-    if preset != "fast" or key not in FAST_GOAL:
+    """One line saying whether a run reached its preset's goal; None where there is none."""
+    goal = GOALS.get((str(preset), str(known_data(data))))
+    if goal is None:
         return None
-    target, limit = FAST_GOAL[key]
+    target, limit = goal
     met = accuracy >= target and seconds <= limit
     return (
-        f"preset fast: {accuracy:.2%} test accuracy after {seconds:.1f} s of training; "
+        f"preset {preset}: {accuracy:.2%} test accuracy after {seconds:.1f} s of training; "
         f"goal {target:.1%} within {limit:.0f} s: {'met' if met else 'not met'}"
+        + (" (the goal is a mean over 3 seeds)" if preset == "best" else "")
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import platform
 import time
@@ -32,6 +33,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
+from cnnlab.train.budget import budget_line, budget_record, epochs_within, seconds_per_epoch
 from cnnlab.train.checkpoint import (
     LAST_FILE,
     MODEL_FILE,
@@ -102,6 +104,7 @@ class TrainConfig:
     val_split: float | None = None  # None = the preset's (0 without one)
     test_split: float = 0.2  # only for data without its own test split (MNIST has one)
     patience: int | None = None  # epochs without val improvement (see select) before stopping
+    time_budget: float | None = None  # seconds of training: fewer epochs if needed; 0 = none
     select: str | None = None  # checkpoint chosen on the val split by "loss" | "accuracy"
     class_weights: str | None = None  # "none" | "auto" (n / (k * count), sklearn's "balanced")
     device: str = "auto"
@@ -173,6 +176,8 @@ class TrainConfig:
             raise CnnlabError(f"--test-split must be in (0, 1), got {c.test_split}")
         if c.val_split + c.test_split >= 1.0:
             raise CnnlabError("--val-split plus --test-split must leave images for training")
+        if c.time_budget is not None and not (c.time_budget >= 0 and math.isfinite(c.time_budget)):
+            raise CnnlabError(f"--time-budget must be a duration >= 0, got {c.time_budget}")
         if c.patience is not None:
             if c.patience <= 0:
                 raise CnnlabError(f"--patience must be a positive integer, got {c.patience}")
@@ -360,6 +365,30 @@ def train(
     if cfg.class_weights == "auto":
         weights = balanced_class_weights(train_xy[1], dataset.num_classes).to(rt.device)
 
+    steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
+    budget = None
+    if cfg.time_budget and not resume:  # a resumed run keeps the epochs it chose
+        timing = seconds_per_epoch(
+            model,
+            train_xy,
+            val_xy,
+            make_optimizer=partial(build_optimizer, cfg=cfg),
+            batch_size=cfg.batch_size // (world.size if world else 1),
+            runtime=rt,
+            aug=aug,
+            label_smoothing=cfg.label_smoothing,
+            class_weights=weights,
+            tta=tta,
+            steps_per_epoch=steps_per_epoch,
+        )
+        if world is not None:  # every rank must choose the same epochs: the mean timing
+            both = torch.tensor([timing["epoch_s"], timing["step_s"]], dtype=torch.float64)
+            timing["epoch_s"], timing["step_s"] = (world.all_reduce_sum(both) / world.size).tolist()
+        chosen = epochs_within(cfg.time_budget, timing["epoch_s"], cfg.epochs)
+        budget = budget_record(cfg.time_budget, timing, cfg.epochs, chosen)
+        log(budget_line(budget))
+        cfg = dataclasses.replace(cfg, epochs=chosen)
+
     state = RunState(data_sha256=data_fingerprint(*train_xy))
     if resume:
         state = _restore(run_dir, cfg, state, model, opt, ema, log)
@@ -368,6 +397,10 @@ def train(
         world, lambda: check_free_space(run_dir, disk_bytes_needed(model) - existing)
     )
     config_record = _config_record(cfg, rt, dataset, kwargs, weights)
+    if resume:  # keep the measurement that chose the epochs
+        budget = _recorded_budget(run_dir)
+    if budget is not None:
+        config_record["time_budget"] = budget
     meta = model_meta(
         cfg.model,
         kwargs,
@@ -385,7 +418,6 @@ def train(
     )
     net, model = model, distributed.wrap(model, world)  # net: the plain module, for saving
 
-    steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
     total_steps = steps_per_epoch * cfg.epochs
 
     def schedule(step: int) -> float:
@@ -506,6 +538,15 @@ def train(
             },
         )
     return TrainResult(run_dir, history, test, best_epoch, stopped, config_record)
+
+
+def _recorded_budget(run_dir: Path) -> dict[str, Any] | None:
+    """The "time_budget" entry of a run's config.json, if it has one."""
+    try:
+        entry = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("time_budget")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def _write_start(

@@ -1,0 +1,130 @@
+"""Fit a run into a time budget: time a few training steps, then choose the number of epochs.
+
+The accuracy targets are "in at most 10 minutes of training" on whatever CPU a run gets, and
+the same recipe takes 6 minutes on one 2-core box and over 10 on another (README). With
+`--time-budget` (the `best` presets set 9 minutes) the epochs are chosen before the first
+step, from a few steps on a copy of the model: the recipe's epochs are the most, and the
+one-cycle schedule is laid out over the epochs chosen. The run itself is then exactly the
+run `--epochs N` gives (the copy draws no random numbers from the run's generators), and
+`config.json` records N and the measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.data.augment import AugmentSpec
+from cnnlab.runtime import Runtime
+from cnnlab.train.engine import evaluate, train_one_epoch
+
+WARMUP_STEPS = 2  # untimed: the first steps allocate memory and pick kernels
+TIMED_STEPS = 8
+VAL_PROBE = 256  # validation images timed (scaled up to the split's size)
+
+
+def epochs_within(budget_s: float, epoch_s: float, max_epochs: int) -> int:
+    """The most epochs, 1 to `max_epochs`, whose estimated time `epoch_s` each fits `budget_s`."""
+    if not epoch_s > 0 or not math.isfinite(epoch_s):
+        return max_epochs
+    return max(1, min(max_epochs, int(budget_s // epoch_s)))
+
+
+def _sync(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
+
+
+def seconds_per_epoch(
+    model: nn.Module,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    val_xy: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    batch_size: int,
+    runtime: Runtime,
+    aug: AugmentSpec | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    tta: str | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict[str, float]:
+    """Estimated seconds of one epoch (its training steps plus the validation pass), timed on
+    a deep copy of `model` with its own optimizer, so the run's model, optimizer and random
+    states are untouched. Returns {"train_s", "val_s", "epoch_s", "step_s"}."""
+    images, labels = train_xy
+    bs = min(batch_size, len(labels))
+    steps = steps_per_epoch or len(labels) // bs
+    probe = copy.deepcopy(model)
+    opt = make_optimizer(probe)
+    cuda = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+
+        def run_steps(k: int) -> float:
+            n = min(k, steps) * bs
+            _sync(runtime)
+            t0 = time.perf_counter()
+            train_one_epoch(
+                probe,
+                images[:n],
+                labels[:n],
+                optimizer=opt,
+                batch_size=bs,
+                generator=torch.Generator().manual_seed(0),
+                runtime=runtime,
+                class_weights=class_weights,
+                label_smoothing=label_smoothing,
+                aug=aug,
+                aug_generator=torch.Generator().manual_seed(1),
+            )
+            _sync(runtime)
+            return (time.perf_counter() - t0) / min(k, steps)
+
+        run_steps(WARMUP_STEPS)
+        step_s = run_steps(TIMED_STEPS)
+        val_s = 0.0
+        if val_xy is not None and len(val_xy[1]):
+            m = min(VAL_PROBE, len(val_xy[1]))
+            vx, vy = val_xy[0][:m], val_xy[1][:m]
+            evaluate(probe, vx[:8], vy[:8], runtime=runtime, tta=tta)  # warm-up
+            _sync(runtime)
+            t0 = time.perf_counter()
+            evaluate(probe, vx, vy, runtime=runtime, class_weights=class_weights, tta=tta)
+            _sync(runtime)
+            val_s = (time.perf_counter() - t0) / m * len(val_xy[1])
+    train_s = step_s * steps
+    return {"train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s, "step_s": step_s}
+
+
+def budget_record(budget_s: float, timing: dict[str, float], asked: int, chosen: int) -> dict:
+    """What config.json keeps under "time_budget": the budget, the measurement, the choice."""
+    return {
+        "seconds": budget_s,
+        "measured_epoch_s": round(timing["epoch_s"], 3),
+        "measured_step_s": round(timing["step_s"], 5),
+        "epochs_asked": asked,
+        "epochs": chosen,
+    }
+
+
+def budget_line(record: dict[str, Any]) -> str:
+    """One line for the log: the measurement and how many epochs it allows."""
+    b, e, n, asked = (
+        record["seconds"],
+        record["measured_epoch_s"],
+        record["epochs"],
+        record["epochs_asked"],
+    )
+    head = f"time budget {b:g} s: about {e:.1f} s an epoch measured here, so "
+    if n < asked:
+        return (
+            head + f"{n} of the recipe's {asked} epochs (about {n * e:.0f} s); "
+            "--time-budget 0 trains them all"
+        )
+    return head + f"all {asked} epochs fit (about {n * e:.0f} s)"

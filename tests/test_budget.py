@@ -1,0 +1,113 @@
+"""--time-budget: a few steps timed on a copy, then the epochs cut to fit (cnnlab.train.budget).
+
+The run a budget shapes must be exactly the run `--epochs N` gives: the timing copy may not
+draw from the run's random generators or touch its model and optimizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+from test_train_helpers import bars_dataset
+
+from cnnlab.cli.common import parse_duration
+from cnnlab.errors import CnnlabError
+from cnnlab.train import TrainConfig, train
+from cnnlab.train.budget import budget_line, epochs_within
+from cnnlab.train.presets import BEST_TIME_BUDGET, preset_values
+
+
+@given(
+    budget=st.floats(0.0, 1e5, allow_subnormal=False),  # other tests set flush-to-zero
+    epoch_s=st.floats(1e-3, 1e4, allow_subnormal=False),
+    max_epochs=st.integers(1, 500),
+)
+def test_epochs_within_is_the_most_that_fit(budget: float, epoch_s: float, max_epochs: int):
+    n = epochs_within(budget, epoch_s, max_epochs)
+    assert 1 <= n <= max_epochs
+    assert n == 1 or n * epoch_s <= budget * (1 + 1e-12)  # fits (one epoch at the least)
+    assert n == max_epochs or (n + 1) * epoch_s > budget  # one more would not
+
+
+def test_epochs_within_without_a_measurement_keeps_the_recipe() -> None:
+    assert epochs_within(60.0, 0.0, 30) == 30
+    assert epochs_within(60.0, float("nan"), 30) == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("600", 600.0), ("600s", 600.0), ("10m", 600.0), ("1.5h", 5400.0), (" 9M ", 540.0), ("0", 0)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "5d", "-1m", "inf", ""])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="duration"):
+        parse_duration(text)
+
+
+def test_best_presets_for_mnist_and_neu_carry_the_budget() -> None:
+    assert BEST_TIME_BUDGET < 600  # the issue's 10 minutes, with headroom
+    for data in ("mnist", "neu"):
+        assert preset_values("best", data)["time_budget"] == BEST_TIME_BUDGET
+    assert "time_budget" not in preset_values("lecture", "mnist")
+
+
+def _run(out: Path, **kw) -> tuple[Path, list[str]]:
+    lines: list[str] = []
+    cfg = TrainConfig(
+        data="synthetic",
+        model="seed-mnist",
+        batch_size=20,
+        val_split=0.2,
+        out=str(out),
+        device="cpu",
+        **kw,
+    )
+    train(cfg, bars_dataset(), progress=False, log=lines.append)
+    return out, lines
+
+
+def test_a_tight_budget_cuts_the_epochs_and_the_run_is_the_same_as_with_those_epochs(
+    tmp_path: Path,
+) -> None:
+    cut, lines = _run(tmp_path / "cut", epochs=3, time_budget=1e-6, schedule="onecycle")
+    record = json.loads((cut / "config.json").read_text())
+    assert record["config"]["epochs"] == 1 and record["config"]["time_budget"] == 1e-6
+    entry = record["time_budget"]
+    assert entry["epochs_asked"] == 3 and entry["epochs"] == 1
+    assert entry["measured_epoch_s"] > 0 and entry["measured_step_s"] > 0
+    assert any(
+        line.startswith("time budget 1e-06 s:") and "1 of the recipe's 3" in line for line in lines
+    )
+    assert json.loads((cut / "metrics.json").read_text())["epochs_run"] == 1
+    plain, _ = _run(tmp_path / "plain", epochs=1, schedule="onecycle")
+    a, b = load_file(cut / "model.safetensors"), load_file(plain / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit for bit: the timing copy changed nothing
+
+
+def test_a_generous_budget_keeps_the_recipe(tmp_path: Path) -> None:
+    run, lines = _run(tmp_path / "r", epochs=2, time_budget=1e6)
+    entry = json.loads((run / "config.json").read_text())["time_budget"]
+    assert entry["epochs"] == entry["epochs_asked"] == 2
+    assert any("all 2 epochs fit" in line for line in lines)
+    assert budget_line({**entry, "epochs": 1}).endswith("--time-budget 0 trains them all")
+
+
+def test_zero_means_no_budget_and_negative_is_refused(tmp_path: Path) -> None:
+    run, lines = _run(tmp_path / "r", epochs=1, time_budget=0.0)
+    assert "time_budget" not in json.loads((run / "config.json").read_text())
+    assert not any(line.startswith("time budget") for line in lines)
+    with pytest.raises(CnnlabError, match="--time-budget must be a duration >= 0"):
+        _run(tmp_path / "bad", epochs=1, time_budget=-5.0)
