@@ -25,7 +25,8 @@ from cnnlab.runtime import Runtime
 from cnnlab.train.engine import evaluate, train_one_epoch
 
 WARMUP_STEPS = 2  # untimed: the first steps allocate memory and pick kernels
-TIMED_STEPS = 8
+PROBE_SECONDS = 2.0  # then steps are timed, 4 at a time, until this much time has passed
+MAX_TIMED_STEPS = 64
 VAL_PROBE = 256  # validation images timed (scaled up to the split's size)
 
 
@@ -54,15 +55,20 @@ def seconds_per_epoch(
     class_weights: torch.Tensor | None = None,
     tta: str | None = None,
     steps_per_epoch: int | None = None,
+    make_ema: Callable[[nn.Module], Any] | None = None,
 ) -> dict[str, float]:
     """Estimated seconds of one epoch (its training steps plus the validation pass), timed on
-    a deep copy of `model` with its own optimizer, so the run's model, optimizer and random
-    states are untouched. Returns {"train_s", "val_s", "epoch_s", "step_s"}."""
+    a deep copy of `model` with its own optimizer (and weight average, `make_ema`), so the
+    run's model, optimizer and random states are untouched.
+
+    Returns {"train_s", "val_s", "epoch_s", "step_s", "timed_steps"}.
+    """
     images, labels = train_xy
     bs = min(batch_size, len(labels))
     steps = steps_per_epoch or len(labels) // bs
     probe = copy.deepcopy(model)
     opt = make_optimizer(probe)
+    ema = make_ema(probe) if make_ema is not None else None
     cuda = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
 
@@ -82,12 +88,18 @@ def seconds_per_epoch(
                 label_smoothing=label_smoothing,
                 aug=aug,
                 aug_generator=torch.Generator().manual_seed(1),
+                ema=ema,
             )
             _sync(runtime)
-            return (time.perf_counter() - t0) / min(k, steps)
+            return time.perf_counter() - t0
 
         run_steps(WARMUP_STEPS)
-        step_s = run_steps(TIMED_STEPS)
+        timed, spent = 0, 0.0
+        while timed < MAX_TIMED_STEPS and (timed < 4 or spent < PROBE_SECONDS):
+            k = min(4, steps)
+            spent += run_steps(k)
+            timed += k
+        step_s = spent / timed
         val_s = 0.0
         if val_xy is not None and len(val_xy[1]):
             m = min(VAL_PROBE, len(val_xy[1]))
@@ -99,7 +111,13 @@ def seconds_per_epoch(
             _sync(runtime)
             val_s = (time.perf_counter() - t0) / m * len(val_xy[1])
     train_s = step_s * steps
-    return {"train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s, "step_s": step_s}
+    return {
+        "train_s": train_s,
+        "val_s": val_s,
+        "epoch_s": train_s + val_s,
+        "step_s": step_s,
+        "timed_steps": timed,
+    }
 
 
 def budget_record(budget_s: float, timing: dict[str, float], asked: int, chosen: int) -> dict:
@@ -108,6 +126,7 @@ def budget_record(budget_s: float, timing: dict[str, float], asked: int, chosen:
         "seconds": budget_s,
         "measured_epoch_s": round(timing["epoch_s"], 3),
         "measured_step_s": round(timing["step_s"], 5),
+        "timed_steps": int(timing["timed_steps"]),
         "epochs_asked": asked,
         "epochs": chosen,
     }

@@ -343,11 +343,7 @@ def train(
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
     install_kill_hook(opt)  # fault injection for tests; a no-op unless its env var is set
-    ema = None
-    if cfg.ema is not None:  # BN statistics are averaged too (use_buffers)
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True
-        )
+    ema = None if cfg.ema is None else _averaged(model, cfg.ema)
     eval_model = model if ema is None else ema.module
     aug = get_augment(cfg.augment)
     # test-time augmentation averages over the symmetries the training drew from
@@ -380,6 +376,7 @@ def train(
             class_weights=weights,
             tta=tta,
             steps_per_epoch=steps_per_epoch,
+            make_ema=None if ema is None else partial(_averaged, decay=cfg.ema),
         )
         if world is not None:  # every rank must choose the same epochs: the mean timing
             both = torch.tensor([timing["epoch_s"], timing["step_s"]], dtype=torch.float64)
@@ -654,6 +651,13 @@ def ema_update(decay: float) -> Callable[[list, list, Any], None]:
                 a.copy_(c)
 
     return update
+
+
+def _averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """The EMA of `model`'s weights; BN statistics are averaged too (use_buffers)."""
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=ema_update(decay), use_buffers=True
+    )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
