@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,12 +95,14 @@ def seconds_per_epoch(
             return time.perf_counter() - t0
 
         run_steps(WARMUP_STEPS)
-        timed, spent = 0, 0.0
-        while timed < MAX_TIMED_STEPS and (timed < 4 or spent < PROBE_SECONDS):
-            k = min(4, steps)
-            spent += run_steps(k)
-            timed += k
-        step_s = spent / timed
+        per_step: list[float] = []  # of each chunk of 4 steps: the median shrugs off a burst
+        k = min(4, steps)  # of other work on a shared machine
+        while len(per_step) * k < MAX_TIMED_STEPS and (
+            len(per_step) < 2 or sum(per_step) * k < PROBE_SECONDS
+        ):
+            per_step.append(run_steps(k) / k)
+        timed = len(per_step) * k
+        step_s = statistics.median(per_step)
         val_s = 0.0
         if val_xy is not None and len(val_xy[1]):
             m = min(VAL_PROBE, len(val_xy[1]))
