@@ -33,7 +33,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
-from cnnlab.train.budget import budget_line, budget_record, epochs_within, seconds_per_epoch
+from cnnlab.train.budget import budget_line, budget_record, planned_epochs, seconds_per_epoch
 from cnnlab.train.checkpoint import (
     LAST_FILE,
     MODEL_FILE,
@@ -381,7 +381,7 @@ def train(
         if world is not None:  # every rank must choose the same epochs: the mean timing
             both = torch.tensor([timing["epoch_s"], timing["step_s"]], dtype=torch.float64)
             timing["epoch_s"], timing["step_s"] = (world.all_reduce_sum(both) / world.size).tolist()
-        chosen = epochs_within(cfg.time_budget, timing["epoch_s"], cfg.epochs)
+        chosen = planned_epochs(cfg.time_budget, timing, cfg.epochs)
         budget = budget_record(cfg.time_budget, timing, cfg.epochs, chosen)
         log(budget_line(budget))
         cfg = dataclasses.replace(cfg, epochs=chosen)
