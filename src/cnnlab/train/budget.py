@@ -159,7 +159,7 @@ def budget_line(record: dict[str, Any]) -> str:
     )
     if n < asked:
         return (
-            head + f"{n} of the recipe's {asked} epochs (about {n * f * e:.0f} s at most); "
+            head + f"{n} of the recipe's {asked} epochs (about {n * f * e:.0f} s planned); "
             "--time-budget 0 trains them all"
         )
-    return head + f"all {asked} epochs fit (about {n * f * e:.0f} s at most)"
+    return head + f"all {asked} epochs fit (about {n * f * e:.0f} s planned)"
