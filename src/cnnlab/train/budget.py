@@ -28,9 +28,9 @@ from cnnlab.train.engine import evaluate, train_one_epoch
 WARMUP_STEPS = 2  # untimed: the first steps allocate memory and pick kernels
 PROBE_SECONDS = 2.0  # then steps are timed, 4 at a time, until this much time has passed
 MAX_TIMED_STEPS = 64
-# The probe's 2 s read 9-21% faster (and once 19% slower) than the epochs that followed on a
-# shared 2-core VM (MNIST `best`, README): runs are planned at 1.25 x the measured epoch, so
-# a limit like the 10 minutes holds; the price is fewer epochs when the probe is right.
+# On a shared 2-core VM this probe read from 25% under to 9% over the mean epoch that
+# followed (6 `best` runs, README): runs are planned at 1.25 x the reading, so a limit like the
+# issue's 10 minutes holds; the price is fewer epochs when the probe reads slow.
 PLAN_FACTOR = 1.25
 VAL_PROBE = 256  # validation images timed (scaled up to the split's size)
 
