@@ -22,6 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, train
 from cnnlab.train.budget import PLAN_FACTOR, budget_line, epochs_within, planned_epochs
 from cnnlab.train.presets import BEST_TIME_BUDGET, preset_values
+from cnnlab.train.resume import resume_config
 
 
 @given(
@@ -102,6 +103,14 @@ def test_a_tight_budget_cuts_the_epochs_and_the_run_is_the_same_as_with_those_ep
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit for bit: the timing copy changed nothing
+    # resuming to 2 epochs neither re-times nor drops the measurement that chose the 1
+    lines.clear()
+    cfg = resume_config(cut, epochs=2)
+    train(cfg, bars_dataset(), progress=False, log=lines.append, resume=True)
+    record = json.loads((cut / "config.json").read_text())
+    assert record["config"]["epochs"] == 2 and record["time_budget"] == entry
+    assert not any(line.startswith("time budget") for line in lines)
+    assert json.loads((cut / "metrics.json").read_text())["epochs_run"] == 2
 
 
 def test_a_generous_budget_keeps_the_recipe(tmp_path: Path) -> None:
