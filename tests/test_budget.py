@@ -7,6 +7,7 @@ draw from the run's random generators or touch its model and optimizer.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from test_train_helpers import bars_dataset
+from test_train_helpers import bars_dataset, train_tiny_run
 
 from cnnlab.cli.common import parse_duration
 from cnnlab.errors import CnnlabError
-from cnnlab.train import TrainConfig, train
+from cnnlab.train import train
 from cnnlab.train.budget import PLAN_FACTOR, budget_line, epochs_within, planned_epochs
 from cnnlab.train.presets import BEST_TIME_BUDGET, preset_values
 from cnnlab.train.resume import resume_config
@@ -71,18 +72,9 @@ def test_best_presets_for_mnist_and_neu_carry_the_budget() -> None:
 
 
 def _run(out: Path, **kw) -> tuple[Path, list[str]]:
+    """A fresh tiny run (test_train_helpers) and the lines it logged."""
     lines: list[str] = []
-    cfg = TrainConfig(
-        data="synthetic",
-        model="seed-mnist",
-        batch_size=20,
-        val_split=0.2,
-        out=str(out),
-        device="cpu",
-        **kw,
-    )
-    train(cfg, bars_dataset(), progress=False, log=lines.append)
-    return out, lines
+    return train_tiny_run(out, log=lines.append, **kw), lines
 
 
 def test_a_tight_budget_cuts_the_epochs_and_the_run_is_the_same_as_with_those_epochs(
@@ -117,6 +109,10 @@ def test_a_generous_budget_keeps_the_recipe(tmp_path: Path) -> None:
     run, lines = _run(tmp_path / "r", epochs=2, time_budget=1e6)
     entry = json.loads((run / "config.json").read_text())["time_budget"]
     assert entry["epochs"] == entry["epochs_asked"] == 2
+    # the reading against the epochs that then ran (history.csv): the same order of magnitude
+    with open(run / "history.csv") as f:
+        ran = [float(r["seconds"]) for r in csv.DictReader(f)]
+    assert 0.1 < entry["measured_epoch_s"] / (sum(ran) / len(ran)) < 10
     assert any("all 2 epochs fit" in line for line in lines)
     assert budget_line({**entry, "epochs": 1}).endswith("--time-budget 0 trains them all")
 

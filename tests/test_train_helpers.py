@@ -6,6 +6,7 @@ a CNN must learn it quickly and any accuracy well above chance proves real learn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,24 @@ def write_bars_folder(root: Path, n_per_class: int = 40, size: int = 16, seed: i
 _RUNS: dict[tuple, Path] = {}  # one tiny run per test process, shared by modules
 
 
-def train_tiny_run(out: Path, *, epochs: int = 3, seed: int = 0, **overrides: Any) -> Path:
+def train_tiny_run(
+    out: Path,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> Path:
     """Train seed-mnist (at 16x16, 3 classes) on bars for a few seconds; returns the run dir.
 
     `overrides`: other TrainConfig fields (e.g. augment="flips", tta=True). The first call in
     a test process trains into `out`; later calls with the same settings return that run
-    (tests only read it).
+    (tests only read it). With `log` (which receives the run's lines) it always trains anew.
     """
     from cnnlab.train import TrainConfig, train
 
     key = (epochs, seed, *sorted(overrides.items()))
-    if key in _RUNS and (_RUNS[key] / "model.safetensors").is_file():
+    if log is None and key in _RUNS and (_RUNS[key] / "model.safetensors").is_file():
         return _RUNS[key]
     cfg = TrainConfig(
         data="synthetic",
@@ -92,6 +100,7 @@ def train_tiny_run(out: Path, *, epochs: int = 3, seed: int = 0, **overrides: An
         device="cpu",
         **overrides,
     )
-    train(cfg, bars_dataset(), progress=False, log=lambda _m: None)
-    _RUNS[key] = out
+    train(cfg, bars_dataset(), progress=False, log=log or (lambda _m: None))
+    if log is None:
+        _RUNS[key] = out
     return out

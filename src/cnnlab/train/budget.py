@@ -42,9 +42,16 @@ def epochs_within(budget_s: float, epoch_s: float, max_epochs: int) -> int:
     return max(1, min(max_epochs, int(budget_s // epoch_s)))
 
 
-def _sync(runtime: Runtime) -> None:
-    if runtime.device.type == "cuda":
+def _timed(runtime: Runtime, fn: Callable[[], Any]) -> float:
+    """Wall seconds of fn(), with the device's queued work finished at both ends."""
+    cuda = runtime.device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(runtime.device)
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize(runtime.device)
+    return time.perf_counter() - t0
 
 
 def seconds_per_epoch(
@@ -66,7 +73,7 @@ def seconds_per_epoch(
     a deep copy of `model` with its own optimizer (and weight average, `make_ema`), so the
     run's model, optimizer and random states are untouched.
 
-    Returns {"train_s", "val_s", "epoch_s", "step_s", "timed_steps"}.
+    Returns {"epoch_s", "step_s", "timed_steps"} (the chunks' median step time).
     """
     images, labels = train_xy
     bs = min(batch_size, len(labels))
@@ -79,24 +86,23 @@ def seconds_per_epoch(
 
         def run_steps(k: int) -> float:
             n = min(k, steps) * bs
-            _sync(runtime)
-            t0 = time.perf_counter()
-            train_one_epoch(
-                probe,
-                images[:n],
-                labels[:n],
-                optimizer=opt,
-                batch_size=bs,
-                generator=torch.Generator().manual_seed(0),
-                runtime=runtime,
-                class_weights=class_weights,
-                label_smoothing=label_smoothing,
-                aug=aug,
-                aug_generator=torch.Generator().manual_seed(1),
-                ema=ema,
+            return _timed(
+                runtime,
+                lambda: train_one_epoch(
+                    probe,
+                    images[:n],
+                    labels[:n],
+                    optimizer=opt,
+                    batch_size=bs,
+                    generator=torch.Generator().manual_seed(0),
+                    runtime=runtime,
+                    class_weights=class_weights,
+                    label_smoothing=label_smoothing,
+                    aug=aug,
+                    aug_generator=torch.Generator().manual_seed(1),
+                    ema=ema,
+                ),
             )
-            _sync(runtime)
-            return time.perf_counter() - t0
 
         run_steps(WARMUP_STEPS)
         per_step: list[float] = []  # of each chunk of 4 steps: the median shrugs off a burst
@@ -111,20 +117,18 @@ def seconds_per_epoch(
         if val_xy is not None and len(val_xy[1]):
             m = min(VAL_PROBE, len(val_xy[1]))
             vx, vy = val_xy[0][:m], val_xy[1][:m]
-            evaluate(probe, vx[:8], vy[:8], runtime=runtime, tta=tta)  # warm-up
-            _sync(runtime)
-            t0 = time.perf_counter()
-            evaluate(probe, vx, vy, runtime=runtime, class_weights=class_weights, tta=tta)
-            _sync(runtime)
-            val_s = (time.perf_counter() - t0) / m * len(val_xy[1])
-    train_s = step_s * steps
-    return {
-        "train_s": train_s,
-        "val_s": val_s,
-        "epoch_s": train_s + val_s,
-        "step_s": step_s,
-        "timed_steps": timed,
-    }
+
+            def run_val(n: int) -> float:
+                return _timed(
+                    runtime,
+                    lambda: evaluate(
+                        probe, vx[:n], vy[:n], runtime=runtime, class_weights=class_weights, tta=tta
+                    ),
+                )
+
+            run_val(8)  # warm-up
+            val_s = run_val(m) / m * len(val_xy[1])
+    return {"epoch_s": step_s * steps + val_s, "step_s": step_s, "timed_steps": timed}
 
 
 def planned_epochs(budget_s: float, timing: dict[str, float], max_epochs: int) -> int:
@@ -153,7 +157,7 @@ def budget_line(record: dict[str, Any]) -> str:
         record["epochs"],
         record["epochs_asked"],
     )
-    f = record.get("plan_factor", 1.0)
+    f = record["plan_factor"]
     head = (
         f"time budget {b:g} s: about {e:.1f} s an epoch measured here (planned as {f * e:.1f}), so "
     )
