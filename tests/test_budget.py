@@ -1,13 +1,17 @@
 """--time-budget: a few steps timed on a copy, then the epochs cut to fit (cnnlab.train.budget).
 
 The run a budget shapes must be exactly the run `--epochs N` gives: the timing copy may not
-draw from the run's random generators or touch its model and optimizer.
+draw from the run's random generators or touch its model and optimizer. In clock mode the
+learning rate follows the time spent and training stops when it is up: tested with a fake
+clock, so the tests do not depend on this machine's speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -21,8 +25,16 @@ from test_train_helpers import bars_dataset, train_tiny_run
 from cnnlab.cli.common import parse_duration
 from cnnlab.errors import CnnlabError
 from cnnlab.train import train
-from cnnlab.train.budget import PLAN_FACTOR, budget_line, epochs_within, planned_epochs
-from cnnlab.train.presets import BEST_TIME_BUDGET, preset_values
+from cnnlab.train.budget import (
+    PLAN_FACTOR,
+    Clock,
+    budget_line,
+    clock_line,
+    clock_record,
+    epochs_within,
+    planned_epochs,
+)
+from cnnlab.train.presets import BEST_TIME_BUDGET, FAST_TIME_BUDGET, GOALS, preset_values
 from cnnlab.train.resume import resume_config
 
 
@@ -123,3 +135,98 @@ def test_zero_means_no_budget_and_negative_is_refused(tmp_path: Path) -> None:
     assert not any(line.startswith("time budget") for line in lines)
     with pytest.raises(CnnlabError, match="--time-budget must be a duration >= 0"):
         _run(tmp_path / "bad", epochs=1, time_budget=-5.0)
+
+
+def _fake_clock(monkeypatch: pytest.MonkeyPatch, tick: float) -> None:
+    """The run's Clock reads a counter that advances `tick` seconds at every reading."""
+    counter = itertools.count()
+    monkeypatch.setattr(
+        "cnnlab.train.run.Clock", functools.partial(Clock, now=lambda: next(counter) * tick)
+    )
+
+
+def test_the_clock_schedule_follows_the_step_or_the_time_whichever_is_ahead() -> None:
+    t = [0.0]
+    clock = Clock(10.0, now=lambda: t[0])
+    assert clock.share() == 0.0 and not clock.up()  # the first reading starts it
+    t[0] = 2.0
+    assert clock.share() == pytest.approx(0.2)
+    assert clock.position(5, 100) == pytest.approx(20.0)  # time ahead of the steps
+    assert clock.position(50, 100) == 50.0  # steps ahead of the time: exactly the step
+    t[0] = 10.0
+    assert clock.up() and clock.position(50, 100) == 100.0  # never past the schedule's end
+    record = clock_record(10.0, 2, 150, 100)
+    assert record == {
+        "seconds": 10.0,
+        "mode": "clock",
+        "epochs_asked": 2,
+        "steps": 150,
+        "epochs": 1.5,
+    }
+    assert "stopped after 150 steps, 1.50 of the recipe's 2 epochs" in clock_line(record, 100)
+    assert clock_line(clock_record(10.0, 2, 200, 100), 100).endswith("all 2 epochs ran")
+
+
+def test_clock_mode_stops_mid_epoch_with_the_rate_annealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_clock(monkeypatch, tick=0.01)  # about 0.02 s a step (two readings): 50 steps a second
+    run, lines = _run(
+        tmp_path / "r",
+        epochs=4,
+        time_budget=0.25,
+        budget_mode="clock",
+        schedule="onecycle",
+        lr=0.01,
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    entry = metrics["time_budget"]
+    steps_per_epoch = 144 // 20  # bars: 144 training images, batch 20
+    assert entry["mode"] == "clock" and entry["epochs_asked"] == 4
+    assert steps_per_epoch < entry["steps"] < 3 * steps_per_epoch  # stopped inside epoch 2 or 3
+    assert entry["epochs"] == round(entry["steps"] / steps_per_epoch, 3)
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["epochs_run"] < 4
+    assert float(rows[-1]["lr"]) < 0.1 * 0.01  # annealed on the clock, not by the steps
+    assert json.loads((run / "config.json").read_text())["time_budget"] == {
+        "seconds": 0.25,
+        "mode": "clock",
+        "epochs_asked": 4,
+    }
+    assert any("(clock): stopped after" in line for line in lines)
+    # a clock run cannot be resumed: its schedule followed this process's clock
+    with pytest.raises(CnnlabError, match="--budget-mode clock cannot be used with --resume"):
+        train(
+            resume_config(run, epochs=5),
+            bars_dataset(),
+            progress=False,
+            log=lambda _m: None,
+            resume=True,
+        )
+
+
+def test_a_clock_that_never_moves_gives_the_step_schedules_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time share 0 throughout: the progress is the step share, so the run is the plain one."""
+    _fake_clock(monkeypatch, tick=0.0)
+    clocked, lines = _run(
+        tmp_path / "c", epochs=2, time_budget=1.0, budget_mode="clock", schedule="onecycle"
+    )
+    assert any(line.endswith("all 2 epochs ran") for line in lines)
+    plain, _ = _run(tmp_path / "p", epochs=2, schedule="onecycle")
+    a, b = load_file(clocked / "model.safetensors"), load_file(plain / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_fast_preset_keeps_its_goal_on_the_clock() -> None:
+    values = preset_values("fast", "mnist")
+    assert values["budget_mode"] == "clock" and values["time_budget"] == FAST_TIME_BUDGET
+    assert values["model"] == "resnet-tiny-pool"
+    assert FAST_TIME_BUDGET < GOALS[("fast", "mnist")][1]  # stops inside the goal's seconds
+    with pytest.raises(CnnlabError, match="--budget-mode must be one of plan, clock"):
+        from cnnlab.train import TrainConfig
+
+        TrainConfig(data="mnist", model="seed-mnist", budget_mode="wall", out="x").resolved()

@@ -88,7 +88,7 @@ def test_intermediate_shapes_follow_the_keras_code() -> None:
 
 
 def test_resnet_tiny_shapes_and_flops_by_hand() -> None:
-    """`--preset fast`'s model: stride-2 stem, two stride-2 residual blocks, GAP."""
+    """`fast`'s first model: stride-2 stem, two stride-2 residual blocks, GAP."""
     model = create_model("resnet-tiny")
     x = model.stem(torch.zeros(3, 1, 28, 28))
     assert x.shape == (3, 16, 14, 14)
@@ -102,6 +102,53 @@ def test_resnet_tiny_shapes_and_flops_by_hand() -> None:
         16 * 196 * 9 + 32 * 49 * (16 * 9 + 32 * 9 + 16) + 64 * 16 * (32 * 9 + 64 * 9 + 32) + 64 * 10
     )
     assert count_flops(model, (1, 28, 28)) == 2 * macs == 3_297_664
+
+
+def test_resnet_tiny_pool_shapes_flops_and_its_space_to_depth_stem() -> None:
+    """`--preset fast`'s model: the stem on 2x2 patches folded into channels equals a 6x6
+    stride-2 convolution of the image (weights rearranged), and the stages average-pool."""
+    torch.manual_seed(0)
+    model = create_model("resnet-tiny-pool").eval()
+    x = torch.rand(3, 1, 28, 28)
+    shapes, h = [], model.stem(x)
+    assert h.shape == (3, 16, 14, 14)
+    for stage in model.stages:
+        h = stage(h)
+        shapes.append(tuple(h.shape))
+    assert shapes == [(3, 32, 7, 7), (3, 64, 4, 4)]
+    # MACs: stem 16*14*14*(4*9); block 1 at 7x7: 3x3, 3x3, 1x1; block 2 at 4x4; fc
+    macs = 16 * 196 * 36 + 32 * 49 * (16 * 9 + 32 * 9 + 16) + 64 * 16 * (32 * 9 + 64 * 9 + 32)
+    assert count_flops(model, (1, 28, 28)) == 2 * (macs + 64 * 10) == 3_467_008
+    # unshuffled channel 4c + 2i + j holds pixel (2y + i, 2x + j): a 3x3 kernel over them is
+    # the 6x6 kernel K[o, c, 2ky + i, 2kx + j] at stride 2 with 2 pixels of padding
+    w = model.stem[1][0].weight  # (16, 4, 3, 3)
+    k = w.reshape(16, 1, 2, 2, 3, 3).permute(0, 1, 4, 2, 5, 3).reshape(16, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.stem[1][0](F.pixel_unshuffle(x, 2)), F.conv2d(x, k, stride=2, padding=2)
+        )
+        pooled = model.stages[1][0](model.stages[0](model.stem(x)))  # 7x7 -> 4x4, edge kept
+        ref = model.stages[0](model.stem(x))
+        torch.testing.assert_close(pooled[..., :3, :3], F.avg_pool2d(ref, 2))
+        torch.testing.assert_close(pooled[..., 3, 3], ref[..., 6, 6])  # a 1-pixel window
+    with pytest.raises(RuntimeError):
+        model(torch.rand(1, 1, 27, 27))  # odd sizes cannot be folded
+
+
+def test_resnet_tiny_pool_exports_to_onnx_with_the_same_logits(tmp_path) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from cnnlab.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("resnet-tiny-pool").eval()
+    meta = {"input": {"channels": 1, "size": [28, 28]}, "class_names": [str(i) for i in range(10)]}
+    path = export_onnx(model, meta, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(5, 1, 28, 28)
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
 
 
 def _keras_order_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab train --data my_defects/ --preset best      # model, size, augmentation chosen\n"
         "  cnnlab train --data mnist --preset fast              # 99% in seconds, see README\n"
         "  cnnlab train --data mnist --preset best --time-budget 5m   # epochs cut to fit\n"
+        "  cnnlab train --data mnist --preset fast --time-budget 5s   # schedule on the clock\n"
         "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
         "      --class-weights auto --image-size 128x128\n"
         "  cnnlab train --resume runs/neu                  # continue an interrupted run\n"
@@ -104,6 +105,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="train at most about this long (600, 600s, 10m, 1.5h): a few steps are timed "
         "first and the epochs cut to fit (--preset best for MNIST / NEU: 9m); 0 = no limit",
+    )
+    p.add_argument(
+        "--budget-mode",
+        choices=("plan", "clock"),
+        help="how --time-budget is kept: plan = whole epochs chosen from a few timed steps "
+        "(default; the run equals --epochs N); clock = the learning rate follows the time "
+        "spent and training stops when it is up, mid-epoch if need be (--preset fast)",
     )
     p.add_argument(
         "--select",
@@ -256,6 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         test_split=args.test_split,
         patience=args.patience,
         time_budget=args.time_budget,
+        budget_mode=args.budget_mode,
         select=args.select,
         class_weights=args.class_weights,
         device=args.device,

@@ -1,4 +1,4 @@
-"""Fit a run into a time budget: time a few training steps, then choose the number of epochs.
+"""Fit a run into a time budget, by planning whole epochs or by running the schedule on a clock.
 
 The accuracy targets are "in at most 10 minutes of training" on whatever CPU a run gets, and
 the same recipe takes 6 minutes on one 2-core box and over 10 on another (README). With
@@ -7,6 +7,13 @@ step, from a few steps on a copy of the model: the recipe's epochs are the most,
 one-cycle schedule is laid out over the epochs chosen. The run itself is then exactly the
 run `--epochs N` gives (the copy draws no random numbers from the run's generators), and
 `config.json` records N and the measurement.
+
+`--budget-mode clock` (the `fast` preset: 99% in 10 s) skips the probe, whose seconds and
+safety factor a budget of a few seconds cannot afford: the learning rate follows the larger
+of the step share and the time share of the budget (`Clock`), and training stops when the
+time is up, mid-epoch if need be, with the rate annealed to zero. A slow machine trains
+fewer steps; a fast one trains the recipe's epochs exactly. Not reproducible across
+machines: metrics.json records the steps that ran.
 """
 
 from __future__ import annotations
@@ -33,6 +40,51 @@ MAX_TIMED_STEPS = 64
 # issue's 10 minutes holds; the price is fewer epochs when the probe reads slow.
 PLAN_FACTOR = 1.25
 VAL_PROBE = 256  # validation images timed (scaled up to the split's size)
+BUDGET_MODES = ("plan", "clock")
+
+
+class Clock:
+    """Wall time since training began, as a share of the budget (cnnlab's clock mode)."""
+
+    def __init__(self, budget_s: float, now: Callable[[], float] = time.perf_counter) -> None:
+        self.budget_s, self.now = budget_s, now
+        self.start: float | None = None
+
+    def share(self) -> float:
+        """0 before the first call, then (seconds since that call) / budget."""
+        if self.start is None:
+            self.start = self.now()
+        return (self.now() - self.start) / self.budget_s
+
+    def up(self) -> bool:
+        """True once the budget is spent: the next step does not start."""
+        return self.share() >= 1.0
+
+    def position(self, step: int, total_steps: int) -> float:
+        """Where the schedule stands: at `step`, or further on where the time share is ahead
+        of the step share; at most `total_steps`."""
+        return min(float(total_steps), max(float(step), self.share() * total_steps))
+
+
+def clock_record(budget_s: float, asked: int, steps: int | None, steps_per_epoch: int) -> dict:
+    """The "time_budget" entry of a clock-mode run (steps: those that ran, None before)."""
+    record: dict[str, Any] = {"seconds": budget_s, "mode": "clock", "epochs_asked": asked}
+    if steps is not None:
+        record["steps"] = steps
+        record["epochs"] = round(steps / max(steps_per_epoch, 1), 3)
+    return record
+
+
+def clock_line(record: dict[str, Any], steps_per_epoch: int) -> str:
+    """One line for the log: how much of the recipe the clock let run."""
+    asked, steps = record["epochs_asked"], record["steps"]
+    if steps >= asked * steps_per_epoch:
+        return f"time budget {record['seconds']:g} s (clock): all {asked} epochs ran"
+    return (
+        f"time budget {record['seconds']:g} s (clock): stopped after {steps} steps, "
+        f"{record['epochs']:.2f} of the recipe's {asked} epochs, the learning rate annealed "
+        "on the clock; --time-budget 0 trains them all"
+    )
 
 
 def epochs_within(budget_s: float, epoch_s: float, max_epochs: int) -> int:

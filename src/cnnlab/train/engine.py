@@ -61,6 +61,7 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     shard: tuple[int, int] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """One pass over the images in a seeded random order; returns loss, accuracy, images/s.
 
@@ -73,6 +74,8 @@ def train_one_epoch(
     `shard=(rank, world)` (data-parallel, `model` DDP-wrapped): this process trains on
     images rank, rank+world, ... of each global batch (augmented as the whole batch would
     be, so the world's steps equal one process's); the returned metrics are all ranks'.
+    `stop()`, asked before every step but the first, ends the pass early when True (a clock
+    budget); the returned figures then cover the steps that ran.
     """
     model.train()
     rank, world = shard or (0, 1)
@@ -83,10 +86,13 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=images_u8.device)
     correct = torch.zeros((), dtype=torch.int64, device=images_u8.device)
     t0 = time.perf_counter()
+    done = 0
     with progress_bar(
         desc=desc, enabled=progress, total=steps * bs, unit_scale=True, leave=True
     ) as bar:
         for step in range(steps):
+            if step > 0 and stop is not None and stop():
+                break
             batch = perm[step * bs : (step + 1) * bs]
             idx = batch[rank::world]  # this process's share (all of it in one process)
             if world > 1 and aug is not None:  # the whole batch's random draws, then the share
@@ -127,6 +133,7 @@ def train_one_epoch(
                 ema.update_parameters(model)
             loss_sum += part.detach()
             correct += (logits.detach().argmax(1) == y).sum()
+            done += 1
             bar.update(bs)
             if not bar.disable and (step % 20 == 0 or step == steps - 1):
                 seen = (step + 1) * bs  # this rank's figures scaled up: display only
@@ -139,11 +146,12 @@ def train_one_epoch(
         torch.distributed.all_reduce(loss_sum)
         torch.distributed.all_reduce(correct)
     seconds = time.perf_counter() - t0
-    seen = steps * bs
+    seen = done * bs
     return {
-        "loss": loss_sum.item() / max(steps, 1),
+        "loss": loss_sum.item() / max(done, 1),
         "accuracy": correct.item() / max(seen, 1),
         "n": seen,
+        "steps": done,
         "seconds": seconds,
         "images_per_s": seen / seconds if seconds > 0 else 0.0,
     }

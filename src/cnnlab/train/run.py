@@ -33,7 +33,16 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
-from cnnlab.train.budget import budget_line, budget_record, planned_epochs, seconds_per_epoch
+from cnnlab.train.budget import (
+    BUDGET_MODES,
+    Clock,
+    budget_line,
+    budget_record,
+    clock_line,
+    clock_record,
+    planned_epochs,
+    seconds_per_epoch,
+)
 from cnnlab.train.checkpoint import (
     LAST_FILE,
     MODEL_FILE,
@@ -105,6 +114,7 @@ class TrainConfig:
     test_split: float = 0.2  # only for data without its own test split (MNIST has one)
     patience: int | None = None  # epochs without val improvement (see select) before stopping
     time_budget: float | None = None  # seconds of training: fewer epochs if needed; 0 = none
+    budget_mode: str | None = None  # "plan" (whole epochs, from a probe) | "clock" (budget.py)
     select: str | None = None  # checkpoint chosen on the val split by "loss" | "accuracy"
     class_weights: str | None = None  # "none" | "auto" (n / (k * count), sklearn's "balanced")
     device: str = "auto"
@@ -150,6 +160,7 @@ class TrainConfig:
                 "val_split": 0.0,
                 "class_weights": "none",
                 "select": "loss",
+                "budget_mode": "plan",
             }
         )
         if c.epochs <= 0:
@@ -178,6 +189,8 @@ class TrainConfig:
             raise CnnlabError("--val-split plus --test-split must leave images for training")
         if c.time_budget is not None and not (c.time_budget >= 0 and math.isfinite(c.time_budget)):
             raise CnnlabError(f"--time-budget must be a duration >= 0, got {c.time_budget}")
+        if c.budget_mode not in BUDGET_MODES:
+            raise CnnlabError(f"--budget-mode must be one of {', '.join(BUDGET_MODES)}")
         if c.patience is not None:
             if c.patience <= 0:
                 raise CnnlabError(f"--patience must be a positive integer, got {c.patience}")
@@ -362,8 +375,17 @@ def train(
         weights = balanced_class_weights(train_xy[1], dataset.num_classes).to(rt.device)
 
     steps_per_epoch = len(train_xy[1]) // min(cfg.batch_size, len(train_xy[1]))
-    budget = None
-    if cfg.time_budget and not resume:  # a resumed run keeps the epochs it chose
+    budget, clock = None, None
+    if cfg.time_budget and cfg.budget_mode == "clock":
+        if resume or world is not None:
+            why = "--resume" if resume else "torchrun"
+            raise CnnlabError(
+                f"--budget-mode clock cannot be used with {why}: the schedule follows one "
+                "process's clock from the first step"
+            )
+        clock = Clock(cfg.time_budget)
+        budget = clock_record(cfg.time_budget, cfg.epochs, None, steps_per_epoch)
+    elif cfg.time_budget and not resume:  # a resumed run keeps the epochs it chose
         timing = seconds_per_epoch(
             model,
             train_xy,
@@ -418,7 +440,9 @@ def train(
     total_steps = steps_per_epoch * cfg.epochs
 
     def schedule(step: int) -> float:
-        return lr_at(step, total_steps, cfg.lr, cfg.schedule)
+        if clock is None:
+            return lr_at(step, total_steps, cfg.lr, cfg.schedule)
+        return lr_at(clock.position(step, total_steps), total_steps, cfg.lr, cfg.schedule)
 
     log(
         f"training {cfg.model} on {len(train_xy[1])} images ({dataset.num_classes} classes, "
@@ -430,7 +454,10 @@ def train(
     history = state.history
     best_epoch, bad_epochs = state.best_epoch, state.bad_epochs
     stopped = False
+    steps_run = 0
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if clock is not None and clock.up():  # spent in the last epoch's validation pass
+            break
         t0 = time.perf_counter()
         tr = train_one_epoch(
             model,
@@ -449,7 +476,9 @@ def train(
             progress=progress,
             desc=f"epoch {epoch}/{cfg.epochs}",
             shard=world.shard if world else None,
+            stop=None if clock is None else clock.up,
         )
+        steps_run += tr["steps"]
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": round(tr["loss"], 6),
@@ -493,6 +522,9 @@ def train(
             stopped = True
             break
 
+    if clock is not None:
+        budget = clock_record(cfg.time_budget, cfg.epochs, steps_run, steps_per_epoch)
+        log(clock_line(budget, steps_per_epoch))
     if val_xy is None or best_epoch == 0:  # best = last (no validation, or never a finite loss)
         best_epoch = history[-1]["epoch"]
         if is_main:
@@ -530,6 +562,7 @@ def train(
                 "stopped_early": stopped,
                 "epochs_run": len(history),
                 "train_seconds": train_seconds,
+                **({"time_budget": budget} if clock is not None else {}),
                 "final": history[-1],
                 "test": test,
             },

@@ -13,8 +13,11 @@ import math
 SCHEDULES = ("constant", "onecycle", "cosine")
 
 
-def lr_at(step: int, total: int, peak: float, kind: str = "constant", warmup: float = 0.2) -> float:
-    """Learning rate at 0-based `step` of `total` steps.
+def lr_at(
+    step: float, total: int, peak: float, kind: str = "constant", warmup: float = 0.2
+) -> float:
+    """Learning rate at 0-based `step` of `total` steps (a fractional step: the clock budget's
+    position, cnnlab.train.budget.Clock).
 
     Examples
     --------
