@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
+from cnnlab.explain.features import kernel_weights
 from cnnlab.models import (
     count_flops,
     count_parameters,
@@ -121,8 +122,8 @@ def test_resnet_tiny_pool_shapes_flops_and_its_space_to_depth_stem() -> None:
     assert count_flops(model, (1, 28, 28)) == 2 * (macs + 64 * 10) == 3_467_008
     # unshuffled channel 4c + 2i + j holds pixel (2y + i, 2x + j): a 3x3 kernel over them is
     # the 6x6 kernel K[o, c, 2ky + i, 2kx + j] at stride 2 with 2 pixels of padding
-    w = model.stem[1][0].weight  # (16, 4, 3, 3)
-    k = w.reshape(16, 1, 2, 2, 3, 3).permute(0, 1, 4, 2, 5, 3).reshape(16, 1, 6, 6)
+    k = torch.from_numpy(kernel_weights(model))  # (16, 4, 3, 3) shown as (16, 1, 6, 6)
+    assert k.shape == (16, 1, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(
             model.stem[1][0](F.pixel_unshuffle(x, 2)), F.conv2d(x, k, stride=2, padding=2)

@@ -26,8 +26,23 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 
 def kernel_weights(model: nn.Module) -> np.ndarray:
-    """The first conv layer's weights as float32 (out_channels, in_channels, kh, kw)."""
-    return first_conv(model).weight.detach().cpu().float().numpy()
+    """The first conv layer's weights as float32 (out_channels, in_channels, kh, kw).
+
+    Behind a space-to-depth stem (nn.PixelUnshuffle(r) first, `resnet-tiny-pool`) they are
+    given as the equivalent (r kh x r kw) kernels over the image's own channels.
+    """
+    conv = first_conv(model)
+    w = conv.weight.detach().cpu().float()
+    for m in model.modules():
+        if m is conv:
+            break
+        if isinstance(m, nn.PixelUnshuffle):
+            r = m.downscale_factor  # channel c*r*r + i*r + j holds pixel (r*y + i, r*x + j)
+            o, cin, kh, kw = w.shape
+            w = w.reshape(o, cin // (r * r), r, r, kh, kw).permute(0, 1, 4, 2, 5, 3)
+            w = w.reshape(o, cin // (r * r), kh * r, kw * r)
+            break
+    return w.numpy()
 
 
 def kernel_tiles(weights: np.ndarray) -> np.ndarray:
