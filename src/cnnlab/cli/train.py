@@ -226,13 +226,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"models": rows})
         return 0
+    w = max([4, *(len(r["name"]) for r in rows)])
     print(
-        f"{'name':<14} {'input (C,H,W)':<15} {'classes':>7} {'parameters':>12} {'FLOPs/image':>13}"
+        f"{'name':<{w}} {'input (C,H,W)':<15} {'classes':>7} {'parameters':>12} "
+        f"{'FLOPs/image':>13}"
     )
     for r in rows:
         shape = "x".join(str(s) for s in r["input_shape"])
         print(
-            f"{r['name']:<14} {shape:<15} {r['num_classes']:>7} {r['parameters']:>12,} "
+            f"{r['name']:<{w}} {shape:<15} {r['num_classes']:>7} {r['parameters']:>12,} "
             f"{r['flops'] / 1e6:>11.1f} M"
         )
     return 0

@@ -179,9 +179,11 @@ def resnet_tiny_pool(
     image_size: tuple[int, int] = (28, 28),
     width: str = "s",
 ) -> ResNet:
-    """`resnet-tiny` without strided convolutions (`--preset fast`): a space-to-depth stem and
-    average-pool downsampling; 1.2-1.4x its training steps/s and more accurate per epoch
-    (README). Needs even heights and widths."""
+    """`resnet-tiny` without strided convolutions (`--preset fast`'s model).
+
+    A space-to-depth stem and average-pool downsampling: on the Zen 4 box about 1.2x its
+    training images/s and more accurate per step (README, "Benchmark"). Needs even heights
+    and widths."""
     # (B, 1, 28, 28) -> unshuffle (B, 4, 14, 14) -> stem (B, 16, 14, 14) -> pool (B, 16, 7, 7)
     # -> (B, 32, 7, 7) -> pool (B, 32, 4, 4) -> (B, 64, 4, 4) -> GAP (B, 64) -> (B, 10)
     return ResNet(
