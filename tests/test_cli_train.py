@@ -194,3 +194,20 @@ def test_class_name_mismatch_is_refused(cli, cli_run, tmp_path: Path) -> None:
         cli("evaluate", str(run), "--data", str(other), "--split", "all"),
         "class names do not match",
     )
+
+
+def test_clock_budget_through_the_cli_and_its_resume_refused(cli, cli_run, tmp_path: Path):
+    data, _, _ = cli_run
+    run = tmp_path / "clock"
+    proc = cli(
+        "train", "--data", str(data), "--model", "seed-mnist", "--epochs", "2",
+        "--batch-size", "20", "--time-budget", "1m", "--budget-mode", "clock",
+        "--device", "cpu", "--out", str(run), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["time_budget"]["mode"] == "clock" and metrics["time_budget"]["steps"] == 8
+    assert json.loads((run / "config.json").read_text())["config"]["budget_mode"] == "clock"
+    _one_line_error(cli("train", "--resume", str(run)), "--budget-mode clock", "--resume")
+    bad = cli("train", "--data", str(data), "--model", "seed-mnist", "--budget-mode", "wall")
+    assert bad.returncode == 2 and "argument --budget-mode: invalid choice" in bad.stderr
