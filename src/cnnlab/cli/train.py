@@ -228,8 +228,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     w = max([4, *(len(r["name"]) for r in rows)])
     print(
-        f"{'name':<{w}} {'input (C,H,W)':<15} {'classes':>7} {'parameters':>12} "
-        f"{'FLOPs/image':>13}"
+        f"{'name':<{w}} {'input (C,H,W)':<15} {'classes':>7} {'parameters':>12} {'FLOPs/image':>13}"
     )
     for r in rows:
         shape = "x".join(str(s) for s in r["input_shape"])
