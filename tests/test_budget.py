@@ -230,3 +230,17 @@ def test_fast_preset_keeps_its_goal_on_the_clock() -> None:
         from cnnlab.train import TrainConfig
 
         TrainConfig(data="mnist", model="seed-mnist", budget_mode="wall", out="x").resolved()
+
+
+def test_a_run_recorded_before_the_clock_mode_resumes_by_plan(tmp_path: Path) -> None:
+    """An older `fast` run's config.json has no budget_mode: it resumes, not on the clock."""
+    config = {
+        "data": "mnist",
+        "preset": "fast",
+        "model": "resnet-tiny",
+        "epochs": 2,
+        "time_budget": None,
+    }
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    cfg = resume_config(tmp_path, epochs=3).resolved()
+    assert cfg.budget_mode == "plan" and cfg.epochs == 3 and cfg.model == "resnet-tiny"

@@ -224,6 +224,9 @@ def resume_config(run_dir: str | Path, **changes: Any) -> Any:
     record = {k: v for k, v in record.items() if k in known}
     if record.get("image_size") is not None:
         record["image_size"] = tuple(record["image_size"])
+    # runs recorded before the clock mode kept their budget by planning (or had none), even
+    # where their preset now runs on the clock (`fast`)
+    record.setdefault("budget_mode", "plan")
     for name, value in changes.items():
         if value is None or name == "out":
             continue
