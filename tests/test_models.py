@@ -152,6 +152,27 @@ def test_resnet_tiny_pool_exports_to_onnx_with_the_same_logits(tmp_path) -> None
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_resnet_neu_pool_pools_where_resnet_neu_strides() -> None:
+    """`best`'s NEU model: resnet-neu's stem and stage 1, then a 2x2 average pool and stride-1
+    convolutions; with resnet-neu's weights copied in, stage 2 equals the strided block run
+    at stride 1 on the pooled map (one kernel, two ways to get to half size)."""
+    torch.manual_seed(0)
+    pool, plain = create_model("resnet-neu-pool").eval(), create_model("resnet-neu").eval()
+    plain.load_state_dict(
+        {k.replace("stages.1.1.", "stages.1.0.").replace("stages.2.1.", "stages.2.0."): v
+         for k, v in pool.state_dict().items()}
+    )  # fmt: skip
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        h = pool.stages[0](pool.stem(x))
+        assert h.shape == (2, 24, 32, 32)
+        torch.testing.assert_close(h, plain.stages[0](plain.stem(x)))
+        block = plain.stages[1][0]
+        block.conv1[0].stride = block.shortcut[0].stride = (1, 1)
+        torch.testing.assert_close(pool.stages[1](h), block(F.avg_pool2d(h, 2)))
+        assert pool(x).shape == (2, 6)
+
+
 def _keras_order_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The notes' order written out with functional ops: conv (+ BN) -> ReLU -> max-pool 2."""
     if hasattr(model, "features"):  # seed models: ConvBlock = (conv, pool, relu)
@@ -162,7 +183,9 @@ def _keras_order_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
     return model.fc(model.pool(model.stages(x)).flatten(1))
 
 
-@pytest.mark.parametrize("name", ["seed-mnist", "seed-neu", "resnet-digits", "resnet-neu"])
+@pytest.mark.parametrize(
+    "name", ["seed-mnist", "seed-neu", "resnet-digits", "resnet-neu", "resnet-neu-pool"]
+)
 def test_relu_after_pool_is_the_keras_order_in_value_and_gradient(name: str) -> None:
     """The blocks pool before their ReLU (faster); the notes' conv -> ReLU -> pool, written
     out by hand with the same weights, gives equal logits and parameter gradients."""

@@ -199,7 +199,7 @@ def test_every_preset_resolves(preset: str, data: str) -> None:
 
 def test_flags_override_preset_and_bad_values_name_the_flag() -> None:
     cfg = TrainConfig(data="neu", preset="best", epochs=3, augment="none", out="x").resolved()
-    assert cfg.epochs == 3 and cfg.augment == "none" and cfg.model == "resnet-neu"
+    assert cfg.epochs == 3 and cfg.augment == "none" and cfg.model == "resnet-neu-pool"
     assert TrainConfig(data="mnist", model="seed-mnist", out="x").resolved().optimizer == "adam"
     with pytest.raises(CnnlabError, match="--model is required"):
         TrainConfig(data="mnist", out="x").resolved()

@@ -71,7 +71,8 @@ _BEST = {
     },
     "neu": {
         **_BEST_COMMON,
-        "model": "resnet-neu",
+        # average-pool downsampling: lower val loss for 3 of 3 seeds, same val errors (README)
+        "model": "resnet-neu-pool",
         "width": "l",
         "image_size": (128, 128),
         # the 4 mirrors, not all 8 symmetries: rolled steel has a direction (validation
