@@ -226,10 +226,15 @@ def test_fast_preset_keeps_its_goal_on_the_clock() -> None:
     assert values["budget_mode"] == "clock" and values["time_budget"] == FAST_TIME_BUDGET
     assert values["model"] == "resnet-tiny-pool"
     assert FAST_TIME_BUDGET < GOALS[("fast", "mnist")][1]  # stops inside the goal's seconds
-    with pytest.raises(CnnlabError, match="--budget-mode must be one of plan, clock"):
-        from cnnlab.train import TrainConfig
+    from cnnlab.train import TrainConfig
 
+    with pytest.raises(CnnlabError, match="--budget-mode must be one of plan, clock"):
         TrainConfig(data="mnist", model="seed-mnist", budget_mode="wall", out="x").resolved()
+    # asked for without a budget it would change nothing: refused; from the preset it is fine
+    with pytest.raises(CnnlabError, match="--budget-mode clock needs a --time-budget"):
+        TrainConfig(data="mnist", model="seed-mnist", budget_mode="clock", out="x").resolved()
+    cfg = TrainConfig(data="mnist", preset="fast", time_budget=0.0, out="x").resolved()
+    assert cfg.budget_mode == "clock" and cfg.time_budget == 0.0  # `fast`'s 2 whole epochs
 
 
 def test_a_run_recorded_before_the_clock_mode_resumes_by_plan(tmp_path: Path) -> None:

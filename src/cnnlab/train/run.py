@@ -191,6 +191,8 @@ class TrainConfig:
             raise CnnlabError(f"--time-budget must be a duration >= 0, got {c.time_budget}")
         if c.budget_mode not in BUDGET_MODES:
             raise CnnlabError(f"--budget-mode must be one of {', '.join(BUDGET_MODES)}")
+        if self.budget_mode == "clock" and not c.time_budget:  # asked for, would do nothing
+            raise CnnlabError("--budget-mode clock needs a --time-budget (a duration > 0)")
         if c.patience is not None:
             if c.patience <= 0:
                 raise CnnlabError(f"--patience must be a positive integer, got {c.patience}")
