@@ -235,6 +235,7 @@ def test_fast_preset_keeps_its_goal_on_the_clock() -> None:
         TrainConfig(data="mnist", model="seed-mnist", budget_mode="clock", out="x").resolved()
     cfg = TrainConfig(data="mnist", preset="fast", time_budget=0.0, out="x").resolved()
     assert cfg.budget_mode == "clock" and cfg.time_budget == 0.0  # `fast`'s 2 whole epochs
+    assert cfg.resolved() == cfg  # as recorded (a resumed run): still fine
 
 
 def test_a_run_recorded_before_the_clock_mode_resumes_by_plan(tmp_path: Path) -> None:

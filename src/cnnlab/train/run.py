@@ -191,7 +191,8 @@ class TrainConfig:
             raise CnnlabError(f"--time-budget must be a duration >= 0, got {c.time_budget}")
         if c.budget_mode not in BUDGET_MODES:
             raise CnnlabError(f"--budget-mode must be one of {', '.join(BUDGET_MODES)}")
-        if self.budget_mode == "clock" and not c.time_budget:  # asked for, would do nothing
+        if self.budget_mode == "clock" and self.time_budget is None and not c.time_budget:
+            # asked for with no budget given or from the preset: it would change nothing
             raise CnnlabError("--budget-mode clock needs a --time-budget (a duration > 0)")
         if c.patience is not None:
             if c.patience <= 0:
