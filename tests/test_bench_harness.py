@@ -386,11 +386,12 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     for v in ("cnnlab", "nchw", "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
     assert out.count("cnnlab / this =") == 3
-    # cnnlab trains as `cnnlab train` does (bf16 autocast only with native bf16); fp32 never
-    from cnnlab.runtime import cpu_has_fast_bf16
+    # cnnlab trains as `cnnlab train` does (bf16 autocast where it measured faster); fp32 never
+    from cnnlab.precision import bf16_choice
+    from cnnlab.runtime import setup
 
-    native = torch.bfloat16 if cpu_has_fast_bf16() else None
-    assert levers.build("cnnlab", "seed-mnist")[0].amp_dtype == native
+    faster = torch.bfloat16 if bf16_choice(setup("cpu").threads)[0] else None
+    assert levers.build("cnnlab", "seed-mnist")[0].amp_dtype == faster
     assert levers.build("fp32", "seed-mnist")[0].amp_dtype is None
     # the stem-fp32 variant: the first block in float32 under the autocast, same numbers
     block = create_model("seed-mnist").features[0]

@@ -70,7 +70,7 @@ class TorchPredictor:
         threads: int | None = None,
         bf16: bool = False,
     ) -> None:
-        """`bf16`: autocast as training does on CPUs with native bf16. Off by default: its
+        """`bf16`: autocast as training does on CPUs where bf16 is faster. Off by default: its
         probabilities differ from float32 by up to a few hundredths (0.033 on seed-neu), which
         moves reject thresholds and calibration, and the exported models run in float32."""
         from cnnlab.runtime import setup

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import torch
@@ -88,11 +88,6 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 math (AVX512-BF16 or AMX); bf16 is slow without it."""
-    return bool(set(cpu_fields().get("flags", "").split()) & BF16_FLAGS)
-
-
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt() parameters, glibc's malloc.h
 
 
@@ -147,6 +142,7 @@ class Runtime:
     threads: int
     channels_last: bool
     amp_dtype: torch.dtype | None  # autocast dtype, None = float32 throughout
+    amp_reason: str = field(default="", compare=False)  # why that precision, for the log
 
     def autocast(self) -> torch.autocast:
         """An autocast context (a no-op when amp_dtype is None)."""
@@ -168,6 +164,7 @@ class Runtime:
             "threads": self.threads,
             "channels_last": self.channels_last,
             "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
+            "amp_reason": self.amp_reason,
         }
 
 
@@ -182,16 +179,25 @@ def setup(
 
     channels_last: None = on (seed-mnist training on 2 Zen3 cores: median 2793 vs 1635
     images/s channels_last vs NCHW, benchmarks/bench_levers.py; on CUDA it feeds the
-    tensor cores). bf16: None = on for CPUs with native bf16, off otherwise: emulated bf16 is
-    several times slower than float32 on AVX2-only CPUs, and on an H100 these small CNNs
-    are bound by kernel launches, where autocast's casts cost more than they save (seed-mnist
-    3 epochs: 10.9 s bf16 vs 7.8 s float32; NEU best: 22.0 vs 19.3 s; README, "On a GPU").
+    tensor cores). bf16: None = on for CPUs where a bf16 convolution measured at least 1.2x
+    float32's speed (`cnnlab.precision`: the flags alone mislead, an Intel Xeon with
+    AVX512-BF16 but no AMX trains slower in bf16), off otherwise: emulated bf16 is several
+    times slower than float32 on AVX2-only CPUs, and on an H100 these small CNNs are bound
+    by kernel launches, where autocast's casts cost more than they save (seed-mnist 3 epochs:
+    10.9 s bf16 vs 7.8 s float32; NEU best: 22.0 vs 19.3 s; README, "On a GPU").
     `--bf16` still turns it on.
     """
     dev = resolve_device(device)
     n = setup_threads(threads)
     if channels_last is None:
         channels_last = True
-    if bf16 is None:
-        bf16 = dev.type == "cpu" and cpu_has_fast_bf16()
-    return Runtime(dev, n, bool(channels_last), torch.bfloat16 if bf16 else None)
+    if bf16 is not None:
+        reason = f"{'bf16 autocast' if bf16 else 'float32'}: as asked"
+    elif dev.type == "cpu":
+        from cnnlab.precision import bf16_choice  # it imports this module
+
+        bf16, reason = bf16_choice(n)
+    else:
+        bf16, reason = False, "float32: the default on CUDA (bf16 was slower for these models)"
+    dtype = torch.bfloat16 if bf16 else None
+    return Runtime(dev, n, bool(channels_last), dtype, amp_reason=reason)

@@ -453,6 +453,7 @@ def train(
         f"epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), "
         f"augment {cfg.augment}, {rt.device}, {rt.threads} threads"
         + (f", {world.size} processes ({world.backend})" if world else "")
+        + (f"; {rt.amp_reason}" if rt.amp_reason else "")
     )
     history = state.history
     best_epoch, bad_epochs = state.best_epoch, state.bad_epochs
