@@ -3,8 +3,9 @@
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
 changed: `nchw` (contiguous NCHW instead of channels_last), `relu-first` (the notes'
 conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function), `fp32` (no
-bf16 autocast; the same as `cnnlab` on CPUs without native bf16, where cnnlab trains in fp32)
-and, when asked for, `stem-fp32` (the first block, 1 input channel, outside the autocast),
+bf16 autocast) and `bf16` (bf16 autocast); one of the last two is `cnnlab` itself, which
+trains in bf16 only where a bf16 convolution measured faster (`cnnlab.precision`), and,
+when asked for, `stem-fp32` (the first block, 1 input channel, outside the autocast),
 `1-thread` (one CPU thread instead of one per core) and `compile` (the model under
 torch.compile; its compile time is printed). The
 variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
@@ -13,6 +14,7 @@ decided channels_last and the pool-before-ReLU order (README, "Benchmark").
 
     .venv/bin/python benchmarks/bench_levers.py                          # seed-mnist, 2000 images
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 3
+    .venv/bin/python benchmarks/bench_levers.py --variants cnnlab fp32 bf16
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab compile
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
 """
@@ -31,7 +33,8 @@ from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
 ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
-VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "stem-fp32", "1-thread", "compile")
+VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "bf16", "stem-fp32", "1-thread", "compile")
+PRECISION = {"fp32": False, "bf16": True}  # forced; the others take cnnlab's measured default
 
 
 def relu_first(model: nn.Module) -> nn.Module:
@@ -63,8 +66,8 @@ class Fp32Block(nn.Module):
 
 def build(variant: str, name: str) -> tuple:
     """(runtime, model, optimizer, generator) for one variant."""
-    # bf16: None = cnnlab's default (autocast only where the CPU has native bf16)
-    rt = setup("cpu", channels_last=variant != "nchw", bf16=False if variant == "fp32" else None)
+    # bf16: None = cnnlab's default (autocast where a bf16 convolution measured faster)
+    rt = setup("cpu", channels_last=variant != "nchw", bf16=PRECISION.get(variant))
     torch.manual_seed(0)
     model = create_model(name)
     if variant == "relu-first":

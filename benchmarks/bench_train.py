@@ -307,6 +307,11 @@ def run_contestant(
             test_accuracy=find_accuracy(metrics),
             metrics=metrics,
         )
+        config_path = run_dir / "config.json"  # its precision is the machine's measured choice
+        if config_path.is_file():
+            runtime = json.loads(config_path.read_text()).get("runtime")
+            if isinstance(runtime, dict):
+                rec["runtime"] = runtime
         return rec
     line = last_json_line(res["stdout"])
     if res["rc"] != 0 or line is None:
@@ -328,6 +333,9 @@ def add_derived(rec: dict, arch: Arch, n_train: int, epochs: int, peak: dict) ->
     rec["train_gflops"] = gflops
     rec["frac_peak_fp32"] = gflops / peak["fp32_gflops"] if peak.get("fp32_gflops") else None
     rec["frac_peak_bf16"] = gflops / peak["bf16_gflops"] if peak.get("bf16_gflops") else None
+    if "runtime" in rec:  # the yardstick: the peak of the precision it trained in
+        rec["precision"] = "bf16" if rec["runtime"].get("amp_dtype") == "bfloat16" else "fp32"
+        rec["frac_peak_own"] = rec[f"frac_peak_{rec['precision']}"]
     return rec
 
 
@@ -372,6 +380,13 @@ def table(results: dict) -> str:
             )
         target = t.get("target_vs_keras")
         lines.append(f"{'':6} target: cnnlab wall <= {target} x keras -> {t.get('target_met')}")
+        own = t["contestants"].get("cnnlab", {})
+        if own.get("frac_peak_own") is not None:
+            why = own["runtime"].get("amp_reason") or own["precision"]
+            lines.append(
+                f"{'':6} cnnlab trained in {own['precision']}: "
+                f"{100 * own['frac_peak_own']:.1f}% of the {own['precision']} peak ({why})"
+            )
     return "\n".join(lines)
 
 

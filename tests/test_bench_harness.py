@@ -258,6 +258,29 @@ def test_result_parsing_helpers():
     assert bench.find_accuracy({"nothing": 1}) is None
 
 
+@pytest.mark.parametrize(("amp", "own"), [(None, "fp32"), ("bfloat16", "bf16")])
+def test_cnnlab_is_measured_against_the_peak_of_its_own_precision(amp, own):
+    """cnnlab's precision is the machine's measured choice (config.json "runtime"): the
+    table names it and the fraction of that precision's peak, the issue's yardstick."""
+    arch = bench.TASKS["mnist"]
+    peak = {"fp32_gflops": 200.0, "bf16_gflops": 400.0, "threads": 2}
+    runtime = {"amp_dtype": amp, "amp_reason": f"{own}: measured"}
+    rec = {"status": "ok", "wall_s": 30.0, "fit_s": 25.0, "test_accuracy": 0.99}
+    rec = bench.add_derived({**rec, "runtime": runtime}, arch, 60000, 3, peak)
+    gflops = bench.training_flops(arch, 180000) / 25.0 / 1e9  # by the convention, by hand
+    assert rec["train_gflops"] == pytest.approx(gflops)
+    assert rec["precision"] == own
+    assert rec["frac_peak_own"] == pytest.approx(gflops / peak[f"{own}_gflops"])
+    machine = {"date": "d", "cpu": "c", "logical_cpus": 2, "python": "3", "torch": "t"}
+    task = {"contestants": {"cnnlab": rec}, "target_vs_keras": 0.35, "target_met": None}
+    text = bench.table({"machine": machine, "peak": peak, "tasks": {"mnist": task}})
+    share = 100 * gflops / peak[f"{own}_gflops"]
+    assert f"cnnlab trained in {own}: {share:.1f}% of the {own} peak ({own}: measured)" in text
+    # a record without a runtime (an older cnnlab) keeps both fractions and no verdict
+    plain = bench.add_derived({"status": "ok", "wall_s": 30.0, "fit_s": 25.0}, arch, 60000, 3, peak)
+    assert "frac_peak_own" not in plain and plain["frac_peak_bf16"] is not None
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
 def test_cpu_busy_sees_a_spinning_thread():
     """One thread spinning for the whole sample keeps about one of the CPUs busy."""
@@ -393,6 +416,7 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     faster = torch.bfloat16 if bf16_choice(setup("cpu").threads)[0] else None
     assert levers.build("cnnlab", "seed-mnist")[0].amp_dtype == faster
     assert levers.build("fp32", "seed-mnist")[0].amp_dtype is None
+    assert levers.build("bf16", "seed-mnist")[0].amp_dtype == torch.bfloat16
     # the stem-fp32 variant: the first block in float32 under the autocast, same numbers
     block = create_model("seed-mnist").features[0]
     x = torch.rand(2, 1, 28, 28)

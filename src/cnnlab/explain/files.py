@@ -75,7 +75,7 @@ def show_features(
     model, meta = load_model(model_src)
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])
     arr = prepare_image(image, channels, size)  # (C, H, W) uint8
-    rt = setup(device)
+    rt = setup(device, bf16=False)  # float32: heatmaps and maps as exported models compute them
     model = rt.place(model)
     x = to_input(torch.tensor(arr)[None].to(rt.device), rt)
     maps = [(n, t[0]) for n, t in feature_maps(model, x, layers=layers)]

@@ -163,7 +163,7 @@ def grad_cam_images(
 
     if batch_size <= 0:
         raise CnnlabError(f"--batch-size must be a positive integer, got {batch_size}")
-    rt = setup(device)
+    rt = setup(device, bf16=False)  # float32: heatmaps and maps as exported models compute them
     model = rt.place(model)
     n = images_u8.shape[0]
     if targets is not None:
