@@ -4,11 +4,12 @@ The AVX512-BF16 / AMX flags say the CPU *has* bf16 instructions, not that torch'
 kernels beat its float32 ones there: on AMD Zen 4 / Zen 5 the bf16 matmul peak is 2.9x /
 4.4x float32's and training epochs run 1.4-2.1x faster in bf16, but on an Intel Xeon
 (family 6 model 207) whose hypervisor exposes AVX512-BF16 without AMX this probe runs at
-0.61x and training epochs at 0.80-0.85x (README, "Levers on the Intel box"). So a CPU with the flags gets a short probe, a 3x3
-convolution timed in both precisions (about 0.2 s), and bf16 autocast only where bf16 is
-at least `BF16_MIN_SPEEDUP` times faster. The verdict is cached per CPU, torch version and
-thread count in `$CNNLAB_CACHE/bf16-probe.json`, so every run on a machine trains in the
-same precision; delete the file to measure again, or pass `--bf16` / `--no-bf16`.
+0.61x and training epochs at 0.80-0.85x (README, "Levers on the Intel box"). So a CPU with
+the flags gets a short probe, a 3x3 convolution timed in both precisions (about 0.2 s), and
+bf16 autocast only where bf16 is at least `BF16_MIN_SPEEDUP` times faster. The verdict is
+cached per CPU, torch version and thread count in `$CNNLAB_CACHE/bf16-probe.json`, so every
+run on a machine trains in the same precision; delete the file to measure again, or pass
+`--bf16` / `--no-bf16`.
 """
 
 from __future__ import annotations
