@@ -130,11 +130,12 @@ def bf16_probe(threads: int) -> dict[str, object]:
     if lock is None:  # read-only cache folder: measure every time, keep nothing
         return measure_bf16_speedup(threads)
     with lock:
-        record = _read(path).get(key)
+        cached = _read(path)
+        record = cached.get(key)
         if not isinstance(record, dict) or not isinstance(record.get("speedup"), int | float):
             record = measure_bf16_speedup(threads)
             with contextlib.suppress(OSError):
-                write_json(path, {**_read(path), key: record})
+                write_json(path, {**cached, key: record})
     return record
 
 
