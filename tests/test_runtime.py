@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cnnlab.runtime import cpu_model
+from cnnlab.runtime import cpu_flags, cpu_model
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
@@ -58,6 +58,7 @@ def test_cpu_model_names_family_and_vector_units() -> None:
         "processor\t: 1\ncpu family\t: 99\n"
     )
     assert cpu_model(zen5) == "AMD EPYC (family 26 model 2, AVX-512, native bf16)"
+    assert cpu_flags(zen5) == {"fpu", "avx2", "avx512f", "avx512_bf16"}  # processor 0 only
     zen3 = zen5.replace("26", "25").replace(" avx512f avx512_bf16", "")
     assert cpu_model(zen3) == "AMD EPYC (family 25 model 2, AVX2)"
     assert cpu_model("model name\t: Some CPU\n") == "Some CPU"

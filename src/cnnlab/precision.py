@@ -26,7 +26,7 @@ import torch
 
 from cnnlab.atomic import write_json
 from cnnlab.paths import cache_root
-from cnnlab.runtime import BF16_FLAGS, cpu_fields, cpu_model
+from cnnlab.runtime import BF16_FLAGS, cpu_flags, cpu_model
 
 try:
     import fcntl
@@ -45,7 +45,7 @@ def probe_file() -> Path:
 
 def probe_key(threads: int) -> str:
     """What a verdict depends on: the CPU (model, family, bf16 flags), torch and threads."""
-    flags = sorted(set(cpu_fields().get("flags", "").split()) & (BF16_FLAGS | {"amx_tile"}))
+    flags = sorted(cpu_flags() & (BF16_FLAGS | {"amx_tile"}))
     return f"{cpu_model()} [{' '.join(flags)}] | torch {torch.__version__} | {threads} threads"
 
 
@@ -142,7 +142,7 @@ def bf16_probe(threads: int) -> dict[str, object]:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); bf16 is emulated,
     several times slower than float32, without them."""
-    return bool(set(cpu_fields().get("flags", "").split()) & BF16_FLAGS)
+    return bool(cpu_flags() & BF16_FLAGS)
 
 
 def bf16_choice(threads: int) -> tuple[bool, str]:

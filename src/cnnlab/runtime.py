@@ -66,18 +66,24 @@ def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
     return fields
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first processor's feature flags (/proc/cpuinfo's "flags" line, or `cpuinfo`'s)."""
+    return set(cpu_fields(cpuinfo).get("flags", "").split())
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU for reports: /proc/cpuinfo's model name, family / model numbers and vector ISA.
 
     Virtual machines often show a bare "AMD EPYC"; the family (25 = Zen 3/4, 26 = Zen 5) and
-    whether AVX-512 and native bf16 are there tell two such boxes apart, and decide whether
-    cnnlab trains in bf16. `cpuinfo` is the file's text (read from /proc when None).
+    whether AVX-512 and native bf16 are there tell two such boxes apart (whether cnnlab trains
+    in bf16 is measured: `cnnlab.precision`). `cpuinfo` is the file's text (read from /proc
+    when None).
     """
     import platform
 
     fields = cpu_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or "unknown"
-    flags = set(fields.get("flags", "").split())
+    flags = cpu_flags(cpuinfo)
     extra = []
     if "cpu family" in fields:
         extra.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
