@@ -140,6 +140,17 @@ def test_augment_is_seeded_and_known_policies_resolve() -> None:
         get_augment("mixup")
 
 
+def test_cli_offers_every_augmentation_and_surface_keeps_the_mirrors() -> None:
+    from cnnlab.cli import build_parser
+
+    train_cmd = build_parser()._subparsers._group_actions[0].choices["train"]
+    (option,) = [a for a in train_cmd._actions if "--augment" in a.option_strings]
+    assert set(option.choices) == set(AUGMENTS)  # the CLI's list is kept by hand
+    surface = get_augment("surface")
+    assert symmetry_of(surface) == "flips"  # TTA over the 4 mirrors, never a 90-degree turn
+    assert preset_values("best", "neu")["augment"] == "surface"
+
+
 def test_epoch_generators_are_independent_streams() -> None:
     a = torch.rand(5, generator=epoch_generator(0, 1, "order"))
     assert torch.equal(a, torch.rand(5, generator=epoch_generator(0, 1, "order")))
@@ -215,7 +226,7 @@ def test_best_for_data_follows_the_images() -> None:
     digits = best_for_data(20000, 1, (28, 28), 10)
     assert digits["augment"] == "digits" and digits["image_size"] is None
     steel = best_for_data(300, 1, (200, 200), 6)
-    assert steel["augment"] == "flips" and steel["image_size"] == (128, 128)
+    assert steel["augment"] == "surface" and steel["image_size"] == (128, 128)
     assert steel["width"] == "s" and 15 <= steel["epochs"] <= 100
     photo = best_for_data(8000, 3, (480, 640), 4)
     assert photo["image_size"] == (128, 168) and photo["width"] == "l"

@@ -12,11 +12,15 @@ Two named policies suit the two domains of the notes:
 - "flips": mirror images left-right and up-down but keep the axes. Rolled steel has a
   rolling direction (NEU's inclusions and patches run along it, pits are round), so the 4
   mirrors are views the camera could take and the 90-degree turns are not: on NEU they beat
-  all 8 symmetries on the validation split (README, "Accuracy"); `--preset best` uses them.
+  all 8 symmetries on the validation split (README, "Accuracy").
+- "surface": the 4 mirrors plus shifts with mirrored borders, brightness +-0.1 and contrast
+  +-20 % (no noise): `--preset best` on NEU and on folder data. The jitter lets the model
+  meet a pitted surface as dark as an inclusion; over 10 seeds it made fewer validation
+  errors than the mirrors alone (README, "Accuracy").
 - "texture": all 8 flips / 90-degree rotations (the dihedral group), for surfaces with no
   direction at all. "texture-full" adds shifts with mirrored borders (a random crop that
-  keeps the size), brightness and contrast jitter and Gaussian noise: on NEU these cost
-  accuracy (README, "Accuracy"), so they are for data whose lighting really varies.
+  keeps the size), brightness and contrast jitter and Gaussian noise: on NEU, with all 8
+  symmetries and the noise, these cost accuracy (README, "Accuracy").
 
 Test-time augmentation averages a model over the same symmetries (`symmetric_views`):
 the 4 mirrors ("flips") or the 8 symmetries ("dihedral").
@@ -61,6 +65,11 @@ AUGMENTS: dict[str, AugmentSpec] = {
     "texture": AugmentSpec(symmetry="dihedral"),
     # NEU, 3 seeds (README): the 4 mirrors beat the 8 symmetries on the validation split
     "flips": AugmentSpec(symmetry="flips"),
+    # NEU `best` since 2026-12-03: the mirrors + shifts, brightness and contrast (no noise);
+    # 10 seeds (README): 4 vs 6 validation errors, mean validation loss 0.1079 vs 0.1088
+    "surface": AugmentSpec(
+        translate=0.1, border="reflection", symmetry="flips", brightness=0.1, contrast=0.2
+    ),
     "texture-full": AugmentSpec(
         translate=0.1,
         border="reflection",
