@@ -21,6 +21,7 @@ from cnnlab.calibration import (
     reliability_figure,
     softmax_t,
     store_calibration,
+    temperature_for_confidence,
     temperature_of,
 )
 from cnnlab.errors import CnnlabError
@@ -121,6 +122,21 @@ def test_fit_temperature_rejects_bad_input() -> None:
         fit_temperature(np.array([[np.nan, 1.0]]), np.array([0]))
 
 
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_temperature_for_confidence_hits_the_mean_confidence(target: float) -> None:
+    z = np.random.default_rng(4).normal(0, 3, size=(200, 6))
+    t = temperature_for_confidence(z, target)
+    assert t is not None
+    conf = torch.softmax(torch.from_numpy(z) / t, dim=1).max(1).values.mean().item()
+    assert conf == pytest.approx(target, abs=1e-6)
+
+
+def test_temperature_for_confidence_is_none_when_out_of_reach() -> None:
+    # tied logits: every T gives confidence 1/K; and a target above what T_BOUNDS reach
+    assert temperature_for_confidence(np.zeros((5, 4)), 0.9) is None
+    assert temperature_for_confidence(np.array([[0.0, 1e-4]]), 0.99) is None
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_run(tmp_path_factory.mktemp("run") / "run")
@@ -136,16 +152,20 @@ def _val_logits(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return z.double().numpy(), ds.labels[idx].numpy()
 
 
-def test_train_stores_calibration_and_leaves_t_at_1_when_val_is_all_right(tiny_run: Path) -> None:
+def test_train_stores_calibration_by_laplace_when_val_is_all_right(tiny_run: Path) -> None:
     _, meta = load_model(tiny_run)
     cal = meta["calibration"]
     assert cal["fitted_on"] == "val" and cal["n"] == 48
     z, y = _val_logits(tiny_run)
-    assert (z.argmax(1) == y).all()  # this tiny run gets every val image right: nothing to fit
-    assert cal["temperature"] == 1.0 and "no temperature to fit" in cal["note"]
-    assert cal["nll_before"] == cal["nll_after"] == pytest.approx(nll(z, y), rel=1e-4)
+    assert (z.argmax(1) == y).all()  # this tiny run gets every val image right: no NLL minimum
     with pytest.raises(ValueError, match="no minimum"):
         fit_temperature(z, y)
+    # T makes the mean confidence (n+1)/(n+2) = 49/50 (checked with torch's softmax)
+    assert "Laplace" in cal["note"] and cal["temperature"] != 1.0
+    conf = torch.softmax(torch.from_numpy(z) / cal["temperature"], dim=1).max(1).values
+    assert conf.mean().item() == pytest.approx(49 / 50, abs=1e-5)
+    assert cal["nll_before"] == pytest.approx(nll(z, y), rel=1e-4)
+    assert cal["nll_after"] == pytest.approx(nll(z, y, cal["temperature"]), rel=1e-4)
     # model.json says the same as the model file
     assert json.loads((tiny_run / "model.json").read_text())["calibration"] == cal
 

@@ -9,8 +9,11 @@ bins ((0, 1/M], (1/M, 2/M], ..., ((M-1)/M, 1]) and
 
 Temperature scaling divides the logits by one scalar T > 0 fitted on held-out (validation)
 images by minimising the negative log-likelihood; the predicted class never changes, only the
-confidences. T is stored with the model (`meta["calibration"]`), and `probabilities(logits,
-meta)` is the one place where logits become probabilities, with T applied when present.
+confidences. When every held-out image is right the NLL has no minimum (it falls as T -> 0),
+so T is set instead so that the mean confidence equals (n + 1) / (n + 2), Laplace's rule of
+succession: the accuracy that n right answers out of n support. T is stored with the model
+(`meta["calibration"]`), and `probabilities(logits, meta)` is the one place where logits
+become probabilities, with T applied when present.
 """
 
 from __future__ import annotations
@@ -162,6 +165,22 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray) -> fl
     return float(math.exp(res.x))
 
 
+def temperature_for_confidence(logits: np.ndarray | torch.Tensor, target: float) -> float | None:
+    """The T in T_BOUNDS at which the mean top-class probability of softmax(logits / T) is
+    `target`, or None when no T there reaches it (it falls monotonically as T grows)."""
+    from scipy.optimize import brentq
+
+    z = np.asarray(logits, dtype=np.float64)
+
+    def gap(log_t: float) -> float:
+        return float(softmax_t(z, math.exp(log_t)).max(1).mean()) - target
+
+    lo, hi = (math.log(b) for b in T_BOUNDS)
+    if not gap(lo) >= 0 >= gap(hi):
+        return None
+    return float(math.exp(brentq(gap, lo, hi, xtol=1e-10)))
+
+
 def calibration_record(
     logits: np.ndarray | torch.Tensor,
     labels: np.ndarray,
@@ -171,15 +190,25 @@ def calibration_record(
 ) -> dict[str, Any]:
     """Fit T on (logits, labels) and return what is stored as `meta["calibration"]`.
 
-    When every held-out image is right there is nothing to fit (any T < 1 looks better and
-    the best is T -> 0): T stays 1 and "note" says why.
+    When every held-out image is right the NLL has no minimum (it falls as T -> 0): T is set
+    so that the mean confidence is (n + 1) / (n + 2) (Laplace's rule of succession), and
+    "note" says so; T stays 1 when no T in T_BOUNDS reaches that.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     note = None
     if z.shape[0] and bool((z.argmax(1) == y).all()):
-        t = 1.0
-        note = "every held-out image is classified right: no temperature to fit, T left at 1"
+        n = int(y.shape[0])
+        target = (n + 1) / (n + 2)
+        found = temperature_for_confidence(z, target)
+        t = 1.0 if found is None else found
+        note = (
+            f"every held-out image is classified right, so the NLL has no minimum: T set so "
+            f"the mean confidence is (n+1)/(n+2) = {target:.4f} (Laplace's rule of succession)"
+            if found is not None
+            else "every held-out image is classified right and no temperature gives a mean "
+            f"confidence of (n+1)/(n+2) = {target:.4f}: T left at 1"
+        )
     else:
         t = fit_temperature(z, y)
     record = {
