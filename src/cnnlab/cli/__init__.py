@@ -33,6 +33,7 @@ examples:
   cnnlab explain runs/neu crazing_1.jpg -o cams/
   cnnlab report runs/neu -o report.html --data neu
   cnnlab calibrate runs/neu --data neu
+  cnnlab adapt runs/neu-best new_light/ --out runs/neu-adapted   BatchNorm to new conditions
   cnnlab export runs/mnist -o mnist.onnx        ONNX, checked against PyTorch
   cnnlab serve runs/mnist --port 8000           HTTP API and a web page
 

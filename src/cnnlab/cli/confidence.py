@@ -1,4 +1,4 @@
-"""Subcommand `calibrate`, and the text output of evaluate's confidence and robustness parts."""
+"""Subcommands `calibrate` and `adapt`; the text output of evaluate's confidence and robustness."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)
+    _register_adapt(sub)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -87,3 +88,48 @@ def print_confidence(report: dict[str, Any]) -> None:
             )
             print(f"{name:<15}{cells}")
         print(f"{'mean':<15}{rob['mean_corrupted_accuracy']:>16.4f}")
+
+
+def _register_adapt(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "adapt",
+        "re-estimate a model's BatchNorm statistics on unlabelled images from new conditions "
+        "(light, camera, focus) and write the adapted model to a new folder",
+        "  cnnlab adapt runs/neu-best todays_parts/ --out runs/neu-best-line2\n"
+        "  cnnlab predict runs/neu-best-line2 todays_parts/\n"
+        "  cnnlab adapt runs/neu-best a.png b.png c.png d.png --out runs/adapted --json\n"
+        "  cnnlab adapt runs/neu-best mixed_batch/ --prior 16 --out runs/hedged\n"
+        "The images must be a fair mix of the classes the line sees: statistics from one\n"
+        "class alone move every class towards it (README, 'Confidence and robustness').\n",
+    )
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or its model.safetensors")
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE|FOLDER", help="unlabelled images (32 or more advised)"
+    )
+    p.add_argument("--out", required=True, help="new run folder for the adapted model")
+    p.add_argument(
+        "--prior",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="keep the trained statistics with the weight of N images (default 0: the new "
+        "images alone)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_adapt)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from cnnlab.adapt import adapt_model
+
+    r = adapt_model(args.model, args.images, args.out, prior=args.prior)
+    if args.json:
+        print_json(r)
+        return 0
+    print(
+        f"BatchNorm statistics of {r['batchnorm_layers']} layers re-estimated on "
+        f"{r['n_images']} images; weights unchanged"
+    )
+    print(f"adapted model written to {r['model']}")
+    return 0
