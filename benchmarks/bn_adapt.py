@@ -4,7 +4,8 @@ For each corruption and severity of `cnnlab.robustness`, the model's BatchNorm s
 re-estimated (`cnnlab.adapt.adapt_batchnorm`) on K images of the run's VALIDATION split under
 the same corruption (its noise drawn with another seed), and the TEST split under that
 corruption is scored with the model's TTA: what `cnnlab adapt` does on a line, with the
-adapting images disjoint from the scored ones. Writes a JSON and a figure.
+adapting images disjoint from the scored ones. `--one-class` also adapts on the val images of
+each class alone (clean), the misuse the README warns about. Writes a JSON and a figure.
 
     CNNLAB_DATA=../shared/data .venv/bin/python benchmarks/bn_adapt.py runs/neu-best \
         --data neu --k 116 32 --out bn-adapt-neu
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--k", type=int, nargs="+", default=[32], help="val images to adapt on")
     ap.add_argument("--prior", type=float, default=0.0, help="adapt_batchnorm's prior N")
+    ap.add_argument("--one-class", action="store_true", help="also adapt on one class at a time")
     ap.add_argument("--out", default="bn-adapt", help="folder for bn_adapt.json and .png")
     args = ap.parse_args(argv)
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         y = match_classes(part.class_names, list(meta["class_names"]), args.data)
         return part.images, y[part.labels.numpy()]
 
-    (val, _), (test, y) = split("val"), split("test")
+    (val, y_val), (test, y) = split("val"), split("test")
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
 
     def accuracy(m: torch.nn.Module, images: torch.Tensor) -> float:
@@ -65,6 +67,15 @@ def main(argv: list[str] | None = None) -> None:
             adapted = adapt_batchnorm(model, corrupt(adapt_on, name, sev, seed=1), prior=args.prior)
             r["accuracy"][name].append(accuracy(adapted, corrupt(test, name, sev)))
         results[f"adapted on {k} val images"] = r
+    one_class = {}
+    if args.one_class:
+        for c, name in enumerate(meta["class_names"]):
+            only = val[torch.from_numpy(np.flatnonzero(y_val == c))]
+            one_class[name] = accuracy(adapt_batchnorm(model, only, prior=args.prior), test)
+            print(
+                f"adapted on the {len(only)} val images of {name} only: clean test accuracy "
+                f"{100 * one_class[name]:.2f}%"
+            )
     print(f"{args.run}: test accuracy (%), severity 1 / 2 / 3")
     for label, r in results.items():
         mean = float(np.mean([a for accs in r["accuracy"].values() for a in accs]))
@@ -75,8 +86,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label:26s} clean {100 * r['clean_accuracy']:.2f} mean {100 * mean:.2f}  {cells}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bn_adapt.json").write_text(json.dumps({"run": args.run, "results": results}, indent=1))
-    fig = robustness_figure(results, title=f"{args.run}: BatchNorm statistics re-estimated")
+    (out / "bn_adapt.json").write_text(
+        json.dumps(
+            {"run": args.run, "prior": args.prior, "results": results, "one_class": one_class},
+            indent=1,
+        )
+    )
+    fig = robustness_figure(
+        results, title=f"{Path(args.run).name}: BatchNorm statistics re-estimated"
+    )
     save_figure(fig, out / "bn_adapt.png")
 
 
