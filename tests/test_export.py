@@ -59,8 +59,10 @@ def exported(tiny_run: Path, bar_files: list[Path], tmp_path_factory: pytest.Tem
 
 
 def _reference_probs(run: Path, files: list[Path]) -> np.ndarray:
-    """Independent path: PIL decode to gray 16x16, float / 255, plain forward, softmax."""
+    """Independent path: PIL decode to gray 16x16, float / 255, plain forward, softmax at the
+    temperature model.json stores."""
     model, _ = load_model(run)
+    t = json.loads((run / "model.json").read_text()).get("calibration", {}).get("temperature", 1)
     x = np.stack(
         [
             np.asarray(Image.open(f).convert("L").resize((16, 16), Image.BILINEAR), np.float32)
@@ -68,7 +70,7 @@ def _reference_probs(run: Path, files: list[Path]) -> np.ndarray:
         ]
     )
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(x / 255)[:, None]), 1).numpy()
+        return torch.softmax(model(torch.from_numpy(x / 255)[:, None]) / t, 1).numpy()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
