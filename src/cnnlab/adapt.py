@@ -74,7 +74,7 @@ def adapt_batchnorm(
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches
         bn.train()
-    # equal batches (the last one may be smaller) so that no batch has a single image
+    # near-equal batches (sizes differ by at most one), so no batch holds a single image
     n_batches = -(-n // batch_size)
     for chunk in torch.tensor_split(torch.arange(n), n_batches):
         adapted(to_input(images_u8[chunk].cpu()))
