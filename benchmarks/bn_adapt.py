@@ -24,7 +24,7 @@ from cnnlab.adapt import adapt_batchnorm
 from cnnlab.evaluate import eval_data, match_classes
 from cnnlab.plots import save_figure
 from cnnlab.predict import image_logits
-from cnnlab.robustness import SEVERITIES, corrupt, robustness_figure
+from cnnlab.robustness import SEVERITIES, corrupt, corruption_accuracy, robustness_figure
 from cnnlab.train.checkpoint import load_model, resolve_model_file
 
 
@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         logits = image_logits(m, images, device="cpu", tta=meta.get("tta"))
         return float((logits.argmax(1) == y).mean())
 
+    def scores(u8: torch.Tensor) -> np.ndarray:
+        return image_logits(model, u8, device="cpu", tta=meta.get("tta"))
+
+    # as trained: the same scoring as `cnnlab evaluate --corrupt`
+    results: dict[str, dict] = {"as trained": corruption_accuracy(scores, test, y)}
     jobs = [(name, s) for name, levels in SEVERITIES.items() for s in range(1, len(levels) + 1)]
-    results: dict[str, dict] = {"as trained": {"clean_accuracy": accuracy(model, test)}}
-    results["as trained"]["accuracy"] = {name: [] for name in SEVERITIES}
-    for name, sev in jobs:
-        results["as trained"]["accuracy"][name].append(accuracy(model, corrupt(test, name, sev)))
     for k in args.k:
         adapt_on = val[order[:k]]
         r = {"clean_accuracy": accuracy(adapt_batchnorm(model, adapt_on, prior=args.prior), test)}
