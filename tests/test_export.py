@@ -133,10 +133,19 @@ def test_evaluate_accepts_onnx_with_the_same_report(exported: dict, tiny_run: Pa
     b = evaluate_model(exported["onnx"]["path"], ds, out_dir=tmp_path / "b", progress=False)
     assert a["n"] == b["n"] == 48 and a["model"] != b["model"]
     floats = ("ece", "ece_uncalibrated")  # from probabilities: equal to float precision
-    same = {k for k in a if k not in ("model", "plots", *floats)}
+    same = {k for k in a if k not in ("model", "plots", "reliability", *floats)}
     assert {k: a[k] for k in same} == {k: b[k] for k in same}  # metrics, matrix, split
     for k in floats:
         assert (k in a) == (k in b) and a.get(k) == pytest.approx(b.get(k), abs=1e-6)
+    assert a["reliability"].keys() == b["reliability"].keys()
+    for name, ra in a["reliability"].items():  # mean confidences rounded to 6 places: may
+        rb = b["reliability"][name]  # differ in the last one between torch and onnxruntime
+        assert ra["edges"] == rb["edges"] and ra["count"] == rb["count"]
+        assert ra["accuracy"] == rb["accuracy"]
+        for ca, cb in zip(ra["confidence"], rb["confidence"], strict=True):
+            assert (ca is None) == (cb is None) and (
+                ca is None or ca == pytest.approx(cb, abs=2e-6)
+            )
     assert (tmp_path / "b" / "confusion_matrix.png").is_file()
 
 
