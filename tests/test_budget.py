@@ -28,14 +28,19 @@ from cnnlab.train import train
 from cnnlab.train.budget import (
     PLAN_FACTOR,
     Clock,
+    Timeline,
     budget_line,
     clock_line,
     clock_record,
+    epochs_that_fit,
     epochs_within,
+    final_epochs,
     planned_epochs,
+    replay_cuts,
 )
 from cnnlab.train.presets import BEST_TIME_BUDGET, FAST_TIME_BUDGET, GOALS, preset_values
 from cnnlab.train.resume import resume_config
+from cnnlab.train.schedule import lr_at
 
 
 @given(
@@ -135,6 +140,98 @@ def test_zero_means_no_budget_and_negative_is_refused(tmp_path: Path) -> None:
     assert not any(line.startswith("time budget") for line in lines)
     with pytest.raises(CnnlabError, match="--time-budget must be a duration >= 0"):
         _run(tmp_path / "bad", epochs=1, time_budget=-5.0)
+
+
+@given(
+    budget=st.floats(1.0, 1e4, allow_subnormal=False),  # other tests set flush-to-zero
+    elapsed=st.floats(0.0, 1e4, allow_subnormal=False),
+    epoch_s=st.floats(1e-2, 1e3, allow_subnormal=False),
+    epoch=st.integers(1, 100),
+    more=st.integers(0, 100),
+)
+def test_epochs_that_fit_cuts_only_a_run_that_would_overrun(
+    budget: float, elapsed: float, epoch_s: float, epoch: int, more: int
+) -> None:
+    epochs = epoch + more
+    n = epochs_that_fit(budget, elapsed, epoch_s, epoch, epochs)
+    assert epoch <= n <= epochs
+    if elapsed + more * epoch_s <= budget:
+        assert n == epochs  # on pace: never cut
+    elif elapsed >= budget:
+        assert n == epoch  # spent: stop now
+    else:  # as many more as fit at that pace, one at the least (the rate still anneals)
+        assert n < epochs
+        assert n == epoch + 1 or elapsed + (n - epoch) * epoch_s <= budget * (1 + 1e-12)
+        assert elapsed + (n + 1 - epoch) * epoch_s > budget
+
+
+def test_a_cut_timeline_carries_the_rate_on_and_anneals_it_at_the_new_end() -> None:
+    line = Timeline(600)  # 6 epochs of 100 steps planned
+    assert [line.position(s) for s in (0, 250, 600)] == [0.0, 250.0, 600.0]
+    line.cut(100, 300)  # after epoch 1: 3 epochs in all
+    assert line.position(100) == 100.0 and line.position(50) == 50.0  # the past unchanged
+    assert line.position(200) == pytest.approx(350.0) and line.position(300) == 600.0
+    line.cut(200, 250)  # after step 200 again: to end at 250
+    assert line.position(150) == pytest.approx(225.0)  # as the first cut laid it
+    assert line.position(200) == pytest.approx(350.0) and line.position(250) == 600.0
+    rates = [lr_at(line.position(s), line.total, 0.1, "onecycle") for s in range(251)]
+    assert rates[-1] == 0.0 and max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(rates[120:]))
+    # what config.json records replays to the same timeline (here: epochs of 50 steps)
+    record = {
+        "epochs": 12,
+        "cuts": [{"after_epoch": 2, "epochs": 6}, {"after_epoch": 4, "epochs": 5}],
+    }
+    assert replay_cuts(record, 50) == line and final_epochs(record) == 5
+    assert final_epochs({"epochs": 12}) == 12
+
+
+def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every epoch takes 10 s on a fake clock; the plan (forced) is 6 epochs in 35 s: after
+    epoch 1 the run is cut to 3, and the rate reaches ~0 at the end of epoch 3."""
+    counter = itertools.count()
+    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
+    monkeypatch.setattr("cnnlab.train.run.time", fake)  # read twice an epoch: 10 s each
+    monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: most)
+    kw = {"epochs": 6, "time_budget": 35.0, "schedule": "onecycle", "lr": 0.01}
+    run, lines = _run(tmp_path / "r", **kw)
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["epochs"] == 3
+    entry = record["time_budget"]
+    assert entry["epochs"] == entry["epochs_asked"] == 6  # the plan, then its cut
+    assert entry["cuts"] == [
+        {"after_epoch": 1, "elapsed_s": 10.0, "last_epoch_s": 10.0, "epochs": 3}
+    ]
+    assert sum("so 3 epochs in all" in line for line in lines) == 1
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    steps = 144 // 20  # bars: 144 training images, batch 20
+    ref = Timeline(6 * steps)
+    ref.cut(steps, 3 * steps)
+    assert float(rows[-1]["lr"]) == pytest.approx(
+        lr_at(ref.position(3 * steps - 1), 6 * steps, 0.01, "onecycle")
+    )
+    assert float(rows[-1]["lr"]) < 0.05 * 0.01 < lr_at(3 * steps - 1, 6 * steps, 0.01, "onecycle")
+
+    # the same run stopped after epoch 1 (an error in epoch 2) and resumed: the same weights
+    def stop_in_epoch_2(line: str) -> None:
+        if line.startswith("epoch 2/3"):
+            raise KeyboardInterrupt
+
+    counter = itertools.count()
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(tmp_path / "part", log=stop_in_epoch_2, **kw)
+    counter = itertools.count()  # the resumed process's clock starts afresh
+    part = tmp_path / "part"
+    train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
+    resumed = json.loads((part / "config.json").read_text())
+    assert resumed["config"]["epochs"] == 3 and resumed["time_budget"]["cuts"] == entry["cuts"]
+    a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def _fake_clock(monkeypatch: pytest.MonkeyPatch, tick: float) -> None:

@@ -8,6 +8,13 @@ one-cycle schedule is laid out over the epochs chosen. The run itself is then ex
 run `--epochs N` gives (the copy draws no random numbers from the run's generators), and
 `config.json` records N and the measurement.
 
+The plan is also checked after every epoch: when the epochs left, at the pace of the one
+just run, would overrun the budget (a machine that slowed down, another job on the cores),
+the run is cut to the epochs that still fit (`epochs_that_fit`) and the rest of the one-cycle
+schedule is laid over them (`Timeline`), so the learning rate still anneals to zero at the
+new last step. A machine that keeps the pace it was planned at is never cut; config.json
+records each cut.
+
 `--budget-mode clock` (the `fast` preset: 99% in 10 s) skips the probe, whose seconds and
 safety factor a budget of a few seconds cannot afford: the learning rate follows the larger
 of the step share and the time share of the budget (`Clock`), and training stops when the
@@ -23,6 +30,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,7 +99,78 @@ def epochs_within(budget_s: float, epoch_s: float, max_epochs: int) -> int:
     """The most epochs, 1 to `max_epochs`, whose estimated time `epoch_s` each fits `budget_s`."""
     if not epoch_s > 0 or not math.isfinite(epoch_s):
         return max_epochs
-    return max(1, min(max_epochs, int(budget_s // epoch_s)))
+    return max(1, min(max_epochs, _how_many(budget_s, epoch_s)))
+
+
+def _how_many(seconds: float, each_s: float) -> int:
+    """How many `each_s` fit in `seconds`: floor division, but where it rounds one short
+    (1.0 // 0.05 is 19.0, while 20 * 0.05 == 1.0) the one that fits counts."""
+    n = int(seconds // each_s)
+    return n + 1 if (n + 1) * each_s <= seconds else n
+
+
+def epochs_that_fit(
+    budget_s: float, elapsed_s: float, epoch_s: float, epoch: int, epochs: int
+) -> int:
+    """The run's epochs after `epoch` of `epochs` took `elapsed_s` in all, the last `epoch_s`:
+    `epochs` while the rest fit `budget_s` at that pace; else as many more as fit, at least
+    one (to anneal the learning rate) unless the budget is already spent."""
+    if epoch >= epochs or elapsed_s + (epochs - epoch) * epoch_s <= budget_s:
+        return epochs
+    if elapsed_s >= budget_s:
+        return epoch
+    more = _how_many(budget_s - elapsed_s, epoch_s) if epoch_s > 0 else epochs - epoch
+    return epoch + max(1, min(epochs - epoch, more))
+
+
+@dataclass
+class Timeline:
+    """Where in the planned schedule a step stands, after cuts to fewer epochs.
+
+    The schedule is laid out over `total` steps. A cut at step `at` to a new last step `end`
+    maps the steps from `at` to `end` linearly onto the rest of the schedule, from wherever
+    `at` stood to `total`: the learning rate carries on from its value and reaches the
+    schedule's end (zero, for one-cycle) at `end`. With no cut, a step stands at itself.
+    """
+
+    total: int
+    cuts: list[tuple[int, float, int]] = field(default_factory=list)  # (at, position, end)
+
+    def position(self, step: float) -> float:
+        """The schedule position of `step` (a float step of `total`)."""
+        if not self.cuts:
+            return float(step)
+        at, pos, end = self.cuts[-1]
+        if step < at:  # before the last cut: as the earlier cuts placed it
+            return Timeline(self.total, self.cuts[:-1]).position(step)
+        return min(float(self.total), pos + (step - at) * (self.total - pos) / max(end - at, 1))
+
+    def cut(self, at: int, end: int) -> None:
+        """From step `at` on, finish the schedule at step `end` instead."""
+        self.cuts.append((at, self.position(at), end))
+
+
+def replay_cuts(record: dict[str, Any], steps_per_epoch: int) -> Timeline:
+    """The Timeline of a recorded budget ("epochs" planned, then its "cuts")."""
+    line = Timeline(record["epochs"] * steps_per_epoch)
+    for c in record.get("cuts", []):
+        line.cut(c["after_epoch"] * steps_per_epoch, c["epochs"] * steps_per_epoch)
+    return line
+
+
+def final_epochs(record: dict[str, Any]) -> int:
+    """The epochs a planned budget ends with: the last cut's, or the plan's."""
+    cuts = record.get("cuts") or [record]
+    return int(cuts[-1]["epochs"])
+
+
+def cut_line(record: dict[str, Any], cut: dict[str, Any]) -> str:
+    """One line for the log: why the run was cut and to how many epochs."""
+    return (
+        f"time budget {record['seconds']:g} s: {cut['elapsed_s']:.0f} s spent after epoch "
+        f"{cut['after_epoch']} ({cut['last_epoch_s']:.1f} s the last); at that pace the plan "
+        f"would overrun, so {cut['epochs']} epochs in all, the learning rate annealed over them"
+    )
 
 
 def _timed(runtime: Runtime, fn: Callable[[], Any]) -> float:

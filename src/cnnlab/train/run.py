@@ -36,11 +36,16 @@ from cnnlab.train import distributed
 from cnnlab.train.budget import (
     BUDGET_MODES,
     Clock,
+    Timeline,
     budget_line,
     budget_record,
     clock_line,
     clock_record,
+    cut_line,
+    epochs_that_fit,
+    final_epochs,
     planned_epochs,
+    replay_cuts,
     seconds_per_epoch,
 )
 from cnnlab.train.checkpoint import (
@@ -441,10 +446,14 @@ def train(
     net, model = model, distributed.wrap(model, world)  # net: the plain module, for saving
 
     total_steps = steps_per_epoch * cfg.epochs
+    # a planned budget is checked after every epoch and may cut the run (budget.py); not when
+    # a resumed run was given other epochs than the plan's (--epochs N extends it on purpose)
+    guard = clock is None and budget is not None and final_epochs(budget) == cfg.epochs
+    timeline = replay_cuts(budget, steps_per_epoch) if guard else Timeline(total_steps)
 
     def schedule(step: int) -> float:
         if clock is None:
-            return lr_at(step, total_steps, cfg.lr, cfg.schedule)
+            return lr_at(timeline.position(step), timeline.total, cfg.lr, cfg.schedule)
         return lr_at(clock.position(step, total_steps), total_steps, cfg.lr, cfg.schedule)
 
     log(
@@ -459,7 +468,9 @@ def train(
     best_epoch, bad_epochs = state.best_epoch, state.bad_epochs
     stopped = False
     steps_run = 0
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+    epoch = state.epoch
+    while epoch < cfg.epochs:  # a budget's cut may lower cfg.epochs on the way
+        epoch += 1
         if clock is not None and clock.up():  # spent in the last epoch's validation pass
             break
         t0 = time.perf_counter()
@@ -525,6 +536,12 @@ def train(
             )
             stopped = True
             break
+        if guard:
+            cfg = _check_budget(cfg, budget, history, timeline, steps_per_epoch, world, log)
+            if cfg.epochs < config_record["config"]["epochs"]:
+                config_record["config"]["epochs"] = cfg.epochs
+                config_record["time_budget"] = budget
+                distributed.on_main(world, partial(_write_config, run_dir, config_record))
 
     if clock is not None:
         budget = clock_record(cfg.time_budget, cfg.epochs, steps_run, steps_per_epoch)
@@ -591,6 +608,44 @@ def _write_start(
         write_json(run_dir / "config.json", record)
         write_json(run_dir / "split.json", split)
         write_model_json(run_dir, meta)
+
+
+def _check_budget(
+    cfg: TrainConfig,
+    budget: dict[str, Any],
+    history: list[dict[str, Any]],
+    timeline: Timeline,
+    steps_per_epoch: int,
+    world: Any,
+    log: Callable[[str], None],
+) -> TrainConfig:
+    """After an epoch: cfg, with fewer epochs and `timeline` and `budget` cut, when the epochs
+    left would overrun the budget at the last epoch's pace (budget.epochs_that_fit)."""
+    elapsed = sum(r["seconds"] for r in history)
+    last = history[-1]["seconds"]
+    if world is not None:  # every rank must cut alike: the mean of their clocks
+        both = torch.tensor([elapsed, last], dtype=torch.float64)
+        elapsed, last = (world.all_reduce_sum(both) / world.size).tolist()
+    epoch = history[-1]["epoch"]
+    n = epochs_that_fit(cfg.time_budget, elapsed, last, epoch, cfg.epochs)
+    if n >= cfg.epochs:
+        return cfg
+    timeline.cut(epoch * steps_per_epoch, n * steps_per_epoch)
+    cut = {
+        "after_epoch": epoch,
+        "elapsed_s": round(elapsed, 3),
+        "last_epoch_s": round(last, 3),
+        "epochs": n,
+    }
+    budget.setdefault("cuts", []).append(cut)
+    log(cut_line(budget, cut))
+    return dataclasses.replace(cfg, epochs=n)
+
+
+def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
+    """config.json again, after a budget's cut (the epochs and the cut recorded)."""
+    with guarded_writes(run_dir):
+        write_json(run_dir / "config.json", record)
 
 
 def _write_epoch(
