@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab.adapt import adapt_batchnorm
-from cnnlab.evaluate import eval_data, match_classes
+from cnnlab.evaluate import eval_data, model_labels
 from cnnlab.plots import save_figure
 from cnnlab.predict import image_logits
 from cnnlab.robustness import SEVERITIES, corrupt, corruption_accuracy, robustness_figure
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def split(name: str) -> tuple[torch.Tensor, np.ndarray]:
         part = ds.split(name)
-        y = match_classes(part.class_names, list(meta["class_names"]), args.data)
-        return part.images, y[part.labels.numpy()]
+        return part.images, model_labels(part, list(meta["class_names"]), args.data)
 
     (val, y_val), (test, y) = split("val"), split("test")
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))

@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnlab.backends import load_predictor
 from cnnlab.calibration import probabilities
-from cnnlab.evaluate import eval_data, match_classes
+from cnnlab.evaluate import eval_data, model_labels
 
 
 def split_probs(run: str, data: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -29,8 +29,8 @@ def split_probs(run: str, data: str, split: str) -> tuple[np.ndarray, np.ndarray
     ds, _, where = eval_data(data, pred.meta, run, progress=False)
     part = ds.split(split)
     probs = probabilities(pred.logits(part.images).numpy(), pred.meta)
-    y = match_classes(part.class_names, list(pred.meta["class_names"]), where)
-    return probs, y[part.labels.numpy()], [Path(f).name for f in part.files]
+    y = model_labels(part, list(pred.meta["class_names"]), where)
+    return probs, y, [Path(f).name for f in part.files]
 
 
 def error_rows(

@@ -296,7 +296,7 @@ def calibrate_model(
     >>> calibrate_model("runs/neu", "neu")["temperature"]  # doctest: +SKIP
     1.83
     """
-    from cnnlab.evaluate import eval_data, match_classes
+    from cnnlab.evaluate import eval_data, model_labels
     from cnnlab.predict import image_logits
     from cnnlab.train.checkpoint import load_model, resolve_model_file
 
@@ -310,7 +310,7 @@ def calibrate_model(
             model_src,
         )
     part = ds.split("val")
-    y = match_classes(part.class_names, list(meta["class_names"]), str(data))[part.labels.numpy()]
+    y = model_labels(part, list(meta["class_names"]), str(data))
     logits = image_logits(model, part.images, device=device, tta=meta.get("tta"))
     try:
         record = store_calibration(model_file, logits, y, n_bins=n_bins)

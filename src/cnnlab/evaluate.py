@@ -48,6 +48,11 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], where: s
     return np.array([index[c] for c in dataset_classes], dtype=np.int64)
 
 
+def model_labels(part: ImageDataset, model_classes: list[str], where: str) -> np.ndarray:
+    """The labels of dataset `part` as indices of the model's classes (matched by name)."""
+    return match_classes(part.class_names, model_classes, where)[part.labels.numpy()]
+
+
 def run_folder_of(model_src: str | Path) -> Path | None:
     """The run folder a model belongs to (itself, or a model file's folder), if it has one.
 
@@ -170,13 +175,12 @@ def evaluate_model(
             where,
         )
     model_classes = list(meta["class_names"])
-    to_model = match_classes(part.class_names, model_classes, where)
+    y_true = model_labels(part, model_classes, where)
     if len(part) == 0:
         raise CnnlabError(f"the '{split}' split is empty", where)
 
     logits = predictor.logits(part.images).numpy()
     probs = probabilities(logits, meta)
-    y_true = to_model[part.labels.numpy()]
     y_pred = probs.argmax(1)
     report = classification_report(y_true, y_pred, model_classes)
     report.update({"split": split, "split_source": split_note, "model": str(model_src)})

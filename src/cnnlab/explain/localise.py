@@ -240,7 +240,7 @@ def score_localisation(
     run's held-out split by default (its split.json, as `cnnlab evaluate` does). Images
     without boxes are skipped and counted.
     """
-    from cnnlab.evaluate import SPLITS, eval_data, match_classes
+    from cnnlab.evaluate import SPLITS, eval_data, model_labels
     from cnnlab.explain.gradcam import CAM_BATCH, default_layer, find_layer, grad_cam_images
     from cnnlab.explain.gradcam import layer_name as name_of
     from cnnlab.train.checkpoint import load_model
@@ -260,13 +260,13 @@ def score_localisation(
             "the data has no annotated boxes to score against (NEU-DET has them)", where
         )
     model_classes = list(meta["class_names"])
-    to_model = match_classes(part.class_names, model_classes, where)
+    labels = model_labels(part, model_classes, where)
     keep = sorted(i for i, b in part.boxes.items() if b)
     skipped = len(part) - len(keep)
     if not keep:
         raise CnnlabError(f"no image of the '{split}' split has a box", where)
     images = part.images[keep]
-    y = to_model[part.labels[keep].numpy()]
+    y = labels[keep]
     if layer:
         target_layer = find_layer(model, layer)
     else:

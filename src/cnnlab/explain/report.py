@@ -231,14 +231,13 @@ def _evaluation_section(
 def _gradcam_section(
     model: Any, meta: dict[str, Any], part: Any, device: str, per_class: int
 ) -> str:
-    from cnnlab.evaluate import match_classes
+    from cnnlab.evaluate import model_labels
     from cnnlab.explain.figures import gradcam_grid
     from cnnlab.explain.gradcam import default_layer, grad_cam_images, layer_name
     from cnnlab.train.engine import to_input
 
     classes = list(meta["class_names"])
-    to_model = match_classes(part.class_names, classes, part.root or "dataset")
-    labels = to_model[part.labels.numpy()]
+    labels = model_labels(part, classes, part.root or "dataset")
     chosen = [i for c in range(len(classes)) for i in np.flatnonzero(labels == c)[:per_class]]
     if not chosen:
         return ""
