@@ -127,6 +127,19 @@ def test_photometric_brightness_and_contrast() -> None:
     assert y.max() <= 1 and y.min() >= 0
 
 
+def test_noise_max_draws_one_std_per_image_from_clean_to_the_maximum() -> None:
+    x = torch.full((200, 1, 64, 64), 0.5)  # far from the clip limits at these stds
+    y = augment(x, AugmentSpec(noise_max=0.08), torch.Generator().manual_seed(0))
+    stds = (y - x).std(dim=(1, 2, 3))  # 4096 pixels an image: within about 2% of its draw
+    assert stds.max() < 0.08 * 1.05 and stds.min() < 0.005  # U(0, 0.08): up to the maximum
+    assert stds.mean() == pytest.approx(0.04, rel=0.1)  # and from clean images on
+    assert (stds > 0.06).sum() > 30 and (stds < 0.02).sum() > 30  # spread, not one level
+    # the std sequence is U(0, 0.08) (Kolmogorov-Smirnov against scipy's uniform)
+    from scipy import stats
+
+    assert stats.kstest(stds.numpy(), stats.uniform(0, 0.08).cdf).pvalue > 1e-3
+
+
 def test_augment_is_seeded_and_known_policies_resolve() -> None:
     x = torch.rand(8, 1, 16, 16)
     for name, spec in AUGMENTS.items():

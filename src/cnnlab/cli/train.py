@@ -67,10 +67,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default 0)")
     p.add_argument(
         "--augment",
-        choices=("none", "digits", "flips", "surface", "texture", "texture-full"),
+        choices=(
+            "none",
+            "digits",
+            "flips",
+            "surface",
+            "surface-noise",
+            "texture",
+            "texture-full",
+        ),
         help="digits: small affine moves; flips: left-right / up-down mirrors (axes kept, "
         "for surfaces with a direction such as rolled steel); surface: flips + shifts, "
-        "brightness, contrast (NEU best's); texture: flips and 90-degree rotations; "
+        "brightness, contrast (NEU best's); surface-noise: + noise of a std drawn per image "
+        "up to 0.04; texture: flips and 90-degree rotations; "
         "texture-full: + shifts, brightness, contrast, noise (default none)",
     )
     p.add_argument("--ema", type=float, help="keep an average of the weights, e.g. 0.999")
