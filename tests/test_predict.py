@@ -47,6 +47,24 @@ def test_predict_files_match_a_plain_forward_pass(tiny_run: Path, tmp_path: Path
     assert sum(r["label"] == CLASSES[i % 3] for i, r in enumerate(results)) >= 5
 
 
+def test_predict_files_on_one_thread_gives_the_same_answers(tiny_run: Path, tmp_path: Path):
+    """`--threads 1` (a CPU shared with other software) changes the speed, not the result."""
+    rng = np.random.default_rng(6)
+    files = [write_image(tmp_path / f"{i}.png", bar_image(i % 3, 16, rng)) for i in range(4)]
+    before = torch.get_num_threads()
+    try:
+        one = predict_files(tiny_run, files, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    ref = _reference_probs(tiny_run, files)
+    for r, p in zip(one, ref, strict=True):
+        got = np.array([r["probabilities"][c] for c in CLASSES])
+        np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CnnlabError, match="--threads must be a positive integer"):
+        predict_files(tiny_run, files, threads=0)
+
+
 def test_bad_file_is_reported_and_others_predicted(tiny_run: Path, tmp_path: Path) -> None:
     good = write_image(tmp_path / "good.png", bar_image(0, 16, np.random.default_rng(0)))
     bad = tmp_path / "bad.png"

@@ -111,6 +111,7 @@ def predict_files(
     plot: str | Path | None = None,
     device: str = "auto",
     reject_below: float | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Label and probabilities for each image file (folders expand to their images).
 
@@ -118,7 +119,9 @@ def predict_files(
     (and "true_label" when the parent folder is named after one of the model's classes), or
     "error" for a file that could not be read. `plot` draws the notes' image + stem figure.
     Probabilities carry the model's calibration temperature when it has one; with
-    `reject_below` P, each result also gets "uncertain": top probability < P.
+    `reject_below` P, each result also gets "uncertain": top probability < P. `threads`: CPU
+    threads a model call may use (default: the physical cores; 1 on a CPU shared with other
+    work, README "Export and serve").
 
     Examples
     --------
@@ -130,7 +133,9 @@ def predict_files(
         raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
     if reject_below is not None:
         reject_below = check_threshold(reject_below)
-    predictor = load_predictor(model_src, device=device)
+    if threads is not None and threads < 1:
+        raise CnnlabError(f"--threads must be a positive integer, got {threads}")
+    predictor = load_predictor(model_src, device=device, threads=threads)
     meta = predictor.meta
     class_names = list(meta["class_names"])
     channels, size = int(meta["input"]["channels"]), tuple(meta["input"]["size"])

@@ -226,6 +226,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mark images whose top probability is below P as uncertain (for a person)",
     )
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per model call (default: physical cores; 1 where other software "
+        "shares the CPU: far steadier latency)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
@@ -365,6 +371,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         plot=args.plot,
         device=args.device,
         reject_below=args.reject_below,
+        threads=args.threads,
     )
     failed = sum("error" in r for r in results)
     if args.json:
