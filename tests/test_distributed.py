@@ -48,6 +48,9 @@ ARGS = [  # global batch 16 = 2 x 8; augmentation, smoothing and class weights o
 ]
 
 
+BUDGET = ("--time-budget", "1h")
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     data = write_bars_folder(tmp_path / "bars", n_per_class=40, size=16)
@@ -61,7 +64,9 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     r = subprocess.run(
-        [*cmd, "-m", "cnnlab", "train", "--data", str(data), *ARGS, "--out", str(ddp)],
+        # a budget that fits: both ranks time the probe and check it after every epoch in
+        # step (all-reduced), and nothing is cut, so the run is still the one-process one
+        [*cmd, "-m", "cnnlab", "train", "--data", str(data), *ARGS, *BUDGET, "--out", str(ddp)],
         env=env,
         capture_output=True,
         text=True,
@@ -70,6 +75,8 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("run folder:") == 1  # rank 0 reports
     assert r.stderr.count("epoch 1/2:") == 1 and "2 processes (gloo)" in r.stderr
+    budget = json.loads((ddp / "config.json").read_text())["time_budget"]
+    assert budget["epochs"] == 2 and "cuts" not in budget
 
     # only rank 0 wrote into the run folder, and it wrote a complete one
     def written(rank: int) -> set[str]:
