@@ -32,6 +32,7 @@ from cnnlab.train.budget import (
     budget_line,
     clock_line,
     clock_record,
+    cut_line,
     epochs_that_fit,
     epochs_within,
     final_epochs,
@@ -184,6 +185,13 @@ def test_a_cut_timeline_carries_the_rate_on_and_anneals_it_at_the_new_end() -> N
     }
     assert replay_cuts(record, 50) == line and final_epochs(record) == 5
     assert final_epochs({"epochs": 12}) == 12
+    cut = {"after_epoch": 7, "elapsed_s": 106.1, "last_epoch_s": 38.5, "epochs": 18}
+    assert cut_line({"seconds": 540.0}, cut) == (
+        "time budget 540 s: 106 s spent after epoch 7 (38.5 s the last); at that pace the plan "
+        "would overrun, so 18 epochs in all, the learning rate annealed over them"
+    )
+    spent = cut_line({"seconds": 540.0}, {**cut, "elapsed_s": 541.0, "epochs": 7})
+    assert spent.endswith("the budget is spent, so training stops here (the rate not annealed)")
 
 
 def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule(
@@ -232,6 +240,21 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
     a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_run_whose_budget_is_spent_stops_after_the_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = itertools.count()
+    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
+    monkeypatch.setattr("cnnlab.train.run.time", fake)  # 10 s an epoch, 5 s of budget
+    monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: most)
+    run, lines = _run(tmp_path / "r", epochs=3, time_budget=5.0, schedule="onecycle")
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["epochs"] == 1 and record["time_budget"]["cuts"][0]["epochs"] == 1
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+    assert any("the budget is spent, so training stops here" in line for line in lines)
+    assert (run / "model.safetensors").is_file()
 
 
 def _fake_clock(monkeypatch: pytest.MonkeyPatch, tick: float) -> None:

@@ -166,10 +166,15 @@ def final_epochs(record: dict[str, Any]) -> int:
 
 def cut_line(record: dict[str, Any], cut: dict[str, Any]) -> str:
     """One line for the log: why the run was cut and to how many epochs."""
-    return (
+    head = (
         f"time budget {record['seconds']:g} s: {cut['elapsed_s']:.0f} s spent after epoch "
-        f"{cut['after_epoch']} ({cut['last_epoch_s']:.1f} s the last); at that pace the plan "
-        f"would overrun, so {cut['epochs']} epochs in all, the learning rate annealed over them"
+        f"{cut['after_epoch']} ({cut['last_epoch_s']:.1f} s the last); "
+    )
+    if cut["epochs"] <= cut["after_epoch"]:
+        return head + "the budget is spent, so training stops here (the rate not annealed)"
+    return (
+        head + f"at that pace the plan would overrun, so {cut['epochs']} epochs in all, the "
+        "learning rate annealed over them"
     )
 
 
