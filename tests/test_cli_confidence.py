@@ -4,6 +4,7 @@ runs trained on a generated folder dataset, checked against an independent forwa
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,32 @@ def test_train_calibrates_on_val_and_calibrate_refits_the_same_t(runs, capsys) -
     assert "split.json" in rec["split_source"]
     code, out, _ = _run_main(capsys, "calibrate", str(run), "--data", str(data), "--quiet")
     assert code == 0 and out.startswith("temperature ") and "ECE" in out and "NLL" in out
+
+
+def test_calibrate_split_all_fits_t_on_a_labelled_folder(runs, capsys, tmp_path) -> None:
+    """After `adapt`, a labelled set from the new conditions: T fitted on all its images."""
+    _, run, _ = runs
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # calibrate rewrites the model files
+    new = write_bars_folder(tmp_path / "line2", n_per_class=10, size=16, seed=7)
+    code, out, _ = _run_main(
+        capsys, "calibrate", str(copy), "--data", str(new), "--split", "all", "--json"
+    )
+    assert code == 0
+    rec = json.loads(out)
+    model, meta = load_model(copy)
+    files = sorted(p.relative_to(new).as_posix() for p in new.rglob("*.png"))
+    x = np.stack([np.asarray(Image.open(new / f).convert("L"), dtype=np.float32) for f in files])
+    y = np.array([meta["class_names"].index(f.split("/")[0]) for f in files])
+    with torch.no_grad():
+        z = model(torch.from_numpy(x / 255)[:, None]).double().numpy()
+    assert rec["n"] == len(files) == 30 and rec["fitted_on"] == "labelled"
+    assert rec["ece_before"] == pytest.approx(expected_calibration_error(_softmax(z), y), abs=1e-5)
+    if (z.argmax(1) != y).any():  # else T comes from the all-right rule, tested elsewhere
+        assert rec["temperature"] == pytest.approx(fit_temperature(z, y), rel=1e-4)
+    assert meta["calibration"]["temperature"] == pytest.approx(rec["temperature"], rel=1e-6)
+    with pytest.raises(SystemExit):  # never on the test split
+        main(["calibrate", str(copy), "--data", str(new), "--split", "test"])
 
 
 @pytest.mark.slow  # a subprocess: about 5 s

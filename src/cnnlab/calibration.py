@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from cnnlab.runtime import Runtime
 
 N_BINS = 15  # equal-width confidence bins for ECE (Guo et al.'s choice)
+# where `calibrate` fits T: the run's val split, or every image of a labelled set it never saw
+CALIBRATION_SPLITS = ("val", "all")
 T_BOUNDS = (1e-2, 1e2)  # search range for the temperature (a bounded search over log T)
 
 
@@ -286,10 +288,13 @@ def calibrate_model(
     device: str = "auto",
     n_bins: int = N_BINS,
     progress: bool = True,
+    split: str = "val",
 ) -> dict[str, Any]:
     """Fit T on the run's validation split and store it with the model; returns the record.
 
-    T is always fitted on the raw logits, so calibrating twice gives the same T.
+    T is always fitted on the raw logits, so calibrating twice gives the same T. `split="all"`
+    fits it on every image of `data` instead: labelled images the training never saw, e.g.
+    from the new conditions a model was adapted to (`cnnlab adapt`).
 
     Examples
     --------
@@ -302,18 +307,23 @@ def calibrate_model(
 
     model_file = resolve_model_file(model_src)
     model, meta = load_model(model_file)
-    ds, split_note, _ = eval_data(data, meta, model_file, progress=progress)
-    if "val" not in ds.splits or len(ds.splits["val"]) == 0:
+    if split not in CALIBRATION_SPLITS:
+        raise CnnlabError(f"--split must be one of {', '.join(CALIBRATION_SPLITS)}, got '{split}'")
+    ds, split_note, where = eval_data(data, meta, model_file, progress=progress)
+    if split == "all" and len(ds) < 2:
+        raise CnnlabError("fitting a temperature needs at least 2 labelled images", where)
+    if split == "val" and ("val" not in ds.splits or len(ds.splits["val"]) == 0):
         raise CnnlabError(
             "no validation split to fit a temperature on (the run was trained without one): "
             "train with --val-split, e.g. --val-split 0.1",
             model_src,
         )
-    part = ds.split("val")
+    part = ds.split(split)
     y = model_labels(part, list(meta["class_names"]), str(data))
     logits = image_logits(model, part.images, device=device, tta=meta.get("tta"))
+    fitted_on = "val" if split == "val" else "labelled"
     try:
-        record = store_calibration(model_file, logits, y, n_bins=n_bins)
+        record = store_calibration(model_file, logits, y, n_bins=n_bins, fitted_on=fitted_on)
     except ValueError as e:
         raise CnnlabError(f"cannot fit a temperature ({e})", model_src) from None
     return {**record, "model": str(model_file), "split_source": split_note}

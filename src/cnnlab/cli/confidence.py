@@ -17,10 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "they say; stored in model.safetensors and model.json",
         "  cnnlab train --data neu --model seed-neu --val-split 0.1 --out runs/neu\n"
         "  cnnlab calibrate runs/neu --data neu            # (train already did this)\n"
-        "  cnnlab calibrate runs/neu --data neu --json\n",
+        "  cnnlab calibrate runs/neu --data neu --json\n"
+        "  cnnlab adapt runs/neu line2_unlabelled/ --out runs/neu-line2\n"
+        "  cnnlab calibrate runs/neu-line2 --data line2_labelled/ --split all\n",
     )
     p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder or its model.safetensors")
-    p.add_argument("--data", required=True, help="the dataset the run was trained on")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the dataset the run was trained on (or, with --split all, labelled images)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("val", "all"),
+        default="val",
+        help="val: the run's validation split (default); all: every image of --data, for "
+        "labelled images the training never saw (e.g. from the conditions of cnnlab adapt)",
+    )
     p.add_argument("--bins", type=int, default=15, help="confidence bins for the ECE (default 15)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -41,6 +54,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         device=args.device,
         n_bins=args.bins,
         progress=not (args.quiet or args.json),
+        split=args.split,
     )
     if args.json:
         print_json(r)
