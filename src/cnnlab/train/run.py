@@ -541,6 +541,12 @@ def train(
             if cfg.epochs < config_record["config"]["epochs"]:
                 config_record["config"]["epochs"] = cfg.epochs
                 config_record["time_budget"] = budget
+                if len(budget["cuts"]) == 1 and rt.threads > 1 and rt.device.type == "cpu":
+                    log(
+                        f"note: if other programs keep this machine's cores busy, --threads 1 "
+                        f"trains faster beside them than {rt.threads} threads (README, "
+                        '"Export and serve")'
+                    )
                 distributed.on_main(world, partial(_write_config, run_dir, config_record))
 
     if clock is not None:
