@@ -305,10 +305,10 @@ def calibrate_model(
     from cnnlab.predict import image_logits
     from cnnlab.train.checkpoint import load_model, resolve_model_file
 
-    model_file = resolve_model_file(model_src)
-    model, meta = load_model(model_file)
     if split not in CALIBRATION_SPLITS:
         raise CnnlabError(f"--split must be one of {', '.join(CALIBRATION_SPLITS)}, got '{split}'")
+    model_file = resolve_model_file(model_src)
+    model, meta = load_model(model_file)
     ds, split_note, where = eval_data(data, meta, model_file, progress=progress)
     if split == "all" and len(ds) < 2:
         raise CnnlabError("fitting a temperature needs at least 2 labelled images", where)
