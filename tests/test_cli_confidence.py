@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from test_train_helpers import write_bars_folder
 
-from cnnlab.calibration import expected_calibration_error, fit_temperature
+from cnnlab.calibration import calibrate_model, expected_calibration_error, fit_temperature
 from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, load_model, train
 
 
@@ -103,6 +104,8 @@ def test_calibrate_split_all_fits_t_on_a_labelled_folder(runs, capsys, tmp_path)
     assert meta["calibration"]["temperature"] == pytest.approx(rec["temperature"], rel=1e-6)
     with pytest.raises(SystemExit):  # never on the test split
         main(["calibrate", str(copy), "--data", str(new), "--split", "test"])
+    with pytest.raises(CnnlabError, match="--split must be one of val, all"):
+        calibrate_model(copy, new, split="test")
 
 
 @pytest.mark.slow  # a subprocess: about 5 s
