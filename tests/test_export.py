@@ -159,6 +159,8 @@ def test_predictor_logits_match_for_a_uint8_batch(exported: dict, tiny_run: Path
         p = load_predictor(exported[fmt]["path"])
         assert p.backend == fmt and p.meta["class_names"] == ref.meta["class_names"]
         torch.testing.assert_close(p.logits(images), ref.logits(images), rtol=1e-4, atol=1e-5)
+        with pytest.raises(CnnlabError, match="--threads must be a positive integer"):
+            load_predictor(exported[fmt]["path"], threads=0)  # every backend refuses it
 
 
 def test_mirror_tta_is_stored_applied_and_exported(tmp_path: Path) -> None:

@@ -175,8 +175,11 @@ def load_predictor(
     """Load a run folder / .safetensors (PyTorch), .onnx (onnxruntime) or .pt (TorchScript).
 
     `device` applies to the PyTorch backend (exported models run on the CPU); `threads` is
-    the CPU threads one call may use (default: the physical cores).
+    the CPU threads one call may use (default: the physical cores; 0 or less is refused,
+    for every backend and every command that loads a model through here).
     """
+    if threads is not None and threads < 1:
+        raise CnnlabError(f"--threads must be a positive integer, got {threads}")
     path = Path(src)
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:

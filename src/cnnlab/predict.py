@@ -133,8 +133,6 @@ def predict_files(
         raise CnnlabError(f"--top-k must be a positive integer, got {top_k}")
     if reject_below is not None:
         reject_below = check_threshold(reject_below)
-    if threads is not None and threads < 1:
-        raise CnnlabError(f"--threads must be a positive integer, got {threads}")
     predictor = load_predictor(model_src, device=device, threads=threads)
     meta = predictor.meta
     class_names = list(meta["class_names"])
