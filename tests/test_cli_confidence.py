@@ -43,8 +43,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def _logits(run: Path, data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Independent path: the split's files by name (split.json), PIL, /255, plain forward."""
+    return _forward(run, data, json.loads((run / "split.json").read_text())[split])
+
+
+def _forward(run: Path, data: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of `files` under `data`: PIL, /255, the model's plain forward."""
     model, meta = load_model(run)
-    files = json.loads((run / "split.json").read_text())[split]
     x = np.stack([np.asarray(Image.open(data / f).convert("L"), dtype=np.float32) for f in files])
     y = np.array([meta["class_names"].index(f.split("/")[0]) for f in files])
     with torch.no_grad():
@@ -91,12 +95,9 @@ def test_calibrate_split_all_fits_t_on_a_labelled_folder(runs, capsys, tmp_path)
     )
     assert code == 0
     rec = json.loads(out)
-    model, meta = load_model(copy)
     files = sorted(p.relative_to(new).as_posix() for p in new.rglob("*.png"))
-    x = np.stack([np.asarray(Image.open(new / f).convert("L"), dtype=np.float32) for f in files])
-    y = np.array([meta["class_names"].index(f.split("/")[0]) for f in files])
-    with torch.no_grad():
-        z = model(torch.from_numpy(x / 255)[:, None]).double().numpy()
+    z, y = _forward(copy, new, files)  # raw logits: T is applied by predict, not the model
+    meta = load_model(copy)[1]
     assert rec["n"] == len(files) == 30 and rec["fitted_on"] == "labelled"
     assert rec["ece_before"] == pytest.approx(expected_calibration_error(_softmax(z), y), abs=1e-5)
     if (z.argmax(1) != y).any():  # else T comes from the all-right rule, tested elsewhere

@@ -33,14 +33,20 @@ def _reference_probs(run: Path, files: list[Path]) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(x)[:, None]) / t, 1).numpy()
 
 
+def _assert_probabilities(results: list[dict], ref: np.ndarray) -> None:
+    """Each result's class probabilities equal the reference row."""
+    for r, p in zip(results, ref, strict=True):
+        got = np.array([r["probabilities"][c] for c in CLASSES])
+        np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
+
+
 def test_predict_files_match_a_plain_forward_pass(tiny_run: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     files = [write_image(tmp_path / f"{i}.png", bar_image(i % 3, 16, rng)) for i in range(6)]
     results = predict_files(tiny_run, files, top_k=2, device="cpu")
     ref = _reference_probs(tiny_run, files)
+    _assert_probabilities(results, ref)
     for r, p in zip(results, ref, strict=True):
-        got = np.array([r["probabilities"][c] for c in CLASSES])
-        np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
         assert r["label"] == CLASSES[int(p.argmax())]
         assert [t["label"] for t in r["top_k"]] == [CLASSES[i] for i in np.argsort(-p)[:2]]
         assert r["probability"] == pytest.approx(p.max(), rel=1e-5)
@@ -57,10 +63,7 @@ def test_predict_files_on_one_thread_gives_the_same_answers(tiny_run: Path, tmp_
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    ref = _reference_probs(tiny_run, files)
-    for r, p in zip(one, ref, strict=True):
-        got = np.array([r["probabilities"][c] for c in CLASSES])
-        np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
+    _assert_probabilities(one, _reference_probs(tiny_run, files))
     with pytest.raises(CnnlabError, match="--threads must be a positive integer"):
         predict_files(tiny_run, files, threads=0)
 
