@@ -1,22 +1,25 @@
 """Training throughput of one lever at a time, variants interleaved in one process.
 
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
-changed: `nchw` (contiguous NCHW instead of channels_last), `relu-first` (the notes'
-conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same function), `fp32` (no
-bf16 autocast) and `bf16` (bf16 autocast); one of the last two is `cnnlab` itself, which
-trains in bf16 only where a bf16 convolution measured faster (`cnnlab.precision`), and,
-when asked for, `stem-fp32` (the first block, 1 input channel, outside the autocast),
-`1-thread` (one CPU thread instead of one per core) and `compile` (the model under
-torch.compile; its compile time is printed). The
-variants alternate epoch by epoch on the same random uint8 images, so machine noise hits all
-alike; the median images/s of each and its ratio to cnnlab's default are printed. This
-decided channels_last and the pool-before-ReLU order (README, "Benchmark").
+changed: `aten-pool` (ATen's max-pool and ReLU instead of cnnlab's fused kernel,
+cnnlab.models.pool_relu), `nchw` (contiguous NCHW instead of channels_last), `relu-first`
+(the notes' conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same
+function), `fp32` (no bf16 autocast) and `bf16` (bf16 autocast); one of the last two is
+`cnnlab` itself, which trains in bf16 only where a bf16 convolution measured faster
+(`cnnlab.precision`), and, when asked for, `stem-fp32` (the first block, 1 input channel,
+outside the autocast), `1-thread` (one CPU thread instead of one per core) and `compile`
+(the model under torch.compile; its compile time is printed). The variants alternate epoch
+by epoch on the same random uint8 images, so machine noise hits all alike; the median
+images/s of each and its ratio to cnnlab's default are printed. This decided
+channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark").
 
     .venv/bin/python benchmarks/bench_levers.py                          # seed-mnist, 2000 images
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 3
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab fp32 bf16
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab compile
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
+    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 400 \
+        --variants cnnlab aten-pool
 """
 
 from __future__ import annotations
@@ -29,11 +32,22 @@ import torch
 from torch import nn
 
 from cnnlab.models import create_model, model_info
+from cnnlab.models.pool_relu import fuse_for_training
 from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
 ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
-VARIANTS = ("cnnlab", "nchw", "relu-first", "fp32", "bf16", "stem-fp32", "1-thread", "compile")
+VARIANTS = (
+    "cnnlab",
+    "aten-pool",
+    "nchw",
+    "relu-first",
+    "fp32",
+    "bf16",
+    "stem-fp32",
+    "1-thread",
+    "compile",
+)
 PRECISION = {"fp32": False, "bf16": True}  # forced; the others take cnnlab's measured default
 
 
@@ -75,6 +89,8 @@ def build(variant: str, name: str) -> tuple:
     if variant == "stem-fp32":  # the seed models' first ConvBlock
         model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
+    if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
+        fuse_for_training(model, rt.device)
     if variant == "compile":  # compiles on the first step (the warm-up below times it)
         model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)

@@ -1,13 +1,15 @@
-"""The seed models' max-pool + ReLU, forward and backward, three ways (issue 5's largest
+"""The seed models' max-pool + ReLU, forward and backward, four ways (issue 5's largest
 non-convolution cost: about 29 % of a seed-neu training step on the Zen 5 box).
 
-- eager: `relu(max_pool2d(x, 2))`, what cnnlab runs (oneDNN-free ATen kernels, int64 indices);
+- eager: `relu(max_pool2d(x, 2))`, ATen's kernels (int64 indices), what the models hold;
 - compiled: the same function under `torch.compile(dynamic=False)` (inductor's CPU code);
 - hand: an exact 2x2 / stride-2 pool written with tensor ops on the NHWC view, saving a
   1-byte argmax code instead of int64 indices, its backward a `where` instead of a zero-fill
-  and a scatter.
+  and a scatter;
+- fused: `cnnlab.models.pool_relu.PoolReLU`, what cnnlab trains with since 2026-12-03: the
+  hand-written pool's idea as one C++ pass each way (pool_relu.cpp).
 
-All three must give the same output and gradient bit for bit (checked, with a tie), in bf16
+All four must give the same output and gradient bit for bit (checked, with a tie), in bf16
 channels_last at seed-neu's three pool shapes, batch 50; medians of `--rounds` calls.
 
     .venv/bin/python benchmarks/bench_pool.py --rounds 10
@@ -21,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cnnlab.models.pool_relu import PoolReLU, load_kernel
 from cnnlab.runtime import setup
 
 SHAPES = [(50, 32, 200, 200), (50, 64, 100, 100), (50, 128, 50, 50)]
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup("cpu")
     compiled = torch.compile(eager, dynamic=False)
-    fns = {"eager": eager, "compiled": compiled, "hand": hand}
+    fns = {"eager": eager, "compiled": compiled, "hand": hand, "fused": PoolReLU()}
+    print(f"fused: {load_kernel()[1]}")
     cl = torch.channels_last
     for shape in SHAPES:
         x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=cl)
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             outs[name], grads[name] = y, xx.grad
             if name == "compiled":
                 print(f"{shape}: compiled's first call (compiling) {first:.1f} s")
-        for name in ("compiled", "hand"):
+        for name in ("compiled", "hand", "fused"):
             assert torch.equal(outs[name], outs["eager"]), name
             assert torch.equal(grads[name], grads["eager"]), name
         ms = {name: median_ms(fn, x, g, args.rounds) for name, fn in fns.items()}

@@ -31,6 +31,7 @@ from cnnlab.data.augment import AUGMENTS, get_augment, symmetry_of
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
+from cnnlab.models.pool_relu import fuse_for_training
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
 from cnnlab.train.budget import (
@@ -360,6 +361,7 @@ def train(
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
+    pool_relu = fuse_for_training(model, rt.device)
     if world is not None and rt.device.type == "cuda":  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
@@ -424,6 +426,7 @@ def train(
         world, lambda: check_free_space(run_dir, disk_bytes_needed(model) - existing)
     )
     config_record = _config_record(cfg, rt, dataset, kwargs, weights)
+    config_record["runtime"]["pool_relu"] = pool_relu
     if resume:  # keep the measurement that chose the epochs
         budget = _recorded_budget(run_dir)
     if budget is not None:
@@ -463,6 +466,7 @@ def train(
         f"augment {cfg.augment}, {rt.device}, {rt.threads} threads"
         + (f", {world.size} processes ({world.backend})" if world else "")
         + (f"; {rt.amp_reason}" if rt.amp_reason else "")
+        + (f"; max-pool + ReLU: {pool_relu}" if pool_relu else "")
     )
     history = state.history
     best_epoch, bad_epochs = state.best_epoch, state.bad_epochs

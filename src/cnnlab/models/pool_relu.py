@@ -1,0 +1,217 @@
+"""A fused 2x2 max-pool + ReLU for CPU training: ATen's numbers, a third of its memory traffic.
+
+Every seed-model block ends in `MaxPool2d(2)` then `ReLU` (seed.py). ATen runs the pair as
+three kernels and keeps an int64 index per output, so its backward zero-fills the input
+gradient and scatters into it: on the Zen 5 box the pair took 29 % of a seed-neu training
+step (benchmarks/bench_pool.py). `pool_relu.cpp` does each direction in one pass with a
+1-byte code per output, and gives the same outputs and gradients bit for bit (ties, -0.0,
+odd sizes; tests/test_pool_relu.py), so runs are reproducible with or without it.
+
+The kernel is compiled on first use with the system's C++ compiler (about a second) into
+`$CNNLAB_CACHE/kernels/`, keyed by its source, the compiler and this CPU's flags; without a
+compiler, or with `CNNLAB_FUSED_POOL=0`, training runs ATen's kernels as before.
+Training swaps the pair in (`fuse_pool_relu`); the model file, export and explain tools
+see the plain layers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.paths import cache_root
+
+SOURCE = Path(__file__).with_name("pool_relu.cpp")
+FLAG_SETS = (["-march=native"], [])  # this CPU's vector units first, then the compiler's default
+DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def enabled_by_env() -> bool:
+    """False when `CNNLAB_FUSED_POOL` is 0 / off / false / no (ATen's kernels instead)."""
+    return os.environ.get("CNNLAB_FUSED_POOL", "1").strip().lower() not in {
+        "0",
+        "off",
+        "false",
+        "no",
+    }
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags (Linux), part of the cache key since -march=native uses them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor()
+    return next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+
+
+def _build(compiler: str, out_dir: Path) -> Path:
+    """Compile SOURCE into a shared library in `out_dir` (cached); raises OSError on failure."""
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout
+    errors = []
+    for flags in FLAG_SETS:
+        cmd = [compiler, "-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC", *flags]
+        key = "\n".join([SOURCE.read_text(encoding="utf-8"), version, *cmd, _cpu_flags()])
+        lib = out_dir / f"pool_relu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+        if lib.exists():
+            return lib
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".pool_relu.", suffix=".so")
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [*cmd, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            )
+            if done.returncode == 0:
+                os.replace(tmp, lib)  # atomic: concurrent builds (torchrun ranks) both succeed
+                return lib
+            errors.append(done.stderr.strip().splitlines()[-1:] or ["failed"])
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise OSError(f"{compiler} could not build {SOURCE.name}: {errors[-1][0]}")
+
+
+@functools.cache
+def load_kernel() -> tuple[ctypes.CDLL | None, str]:
+    """The compiled kernel library, or None and the reason it is not used (once a process)."""
+    if not enabled_by_env():
+        return None, "off (CNNLAB_FUSED_POOL=0)"
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        return None, "no C++ compiler found (g++ / c++ / $CXX): ATen's kernels"
+    try:
+        path = _build(compiler, cache_root() / "kernels")
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"not built ({e}): ATen's kernels"
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name in ("forward", "backward"):
+        for dt in DTYPES.values():
+            fn = getattr(lib, f"pool_relu_{name}_{dt}")
+            fn.argtypes = [p, p, p, i64, i64, i64, i64, ctypes.c_int]
+            fn.restype = None
+    return lib, f"fused kernel ({path.name})"
+
+
+class _PoolReLUFunction(torch.autograd.Function):
+    """relu(max_pool2d(x, 2)) on a channels_last CPU tensor through pool_relu.cpp."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        lib, _ = load_kernel()
+        b, c, h, w = x.shape
+        cl = torch.channels_last
+        y = torch.empty((b, c, h // 2, w // 2), dtype=x.dtype, memory_format=cl)
+        code = None
+        if ctx.needs_input_grad[0]:
+            code = torch.empty(y.shape, dtype=torch.uint8, memory_format=cl)
+        getattr(lib, f"pool_relu_forward_{DTYPES[x.dtype]}")(
+            x.data_ptr(),
+            y.data_ptr(),
+            None if code is None else code.data_ptr(),
+            b,
+            h,
+            w,
+            c,
+            torch.get_num_threads(),
+        )
+        ctx.save_for_backward(code)
+        ctx.shape = x.shape
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        lib, _ = load_kernel()
+        (code,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        cl = torch.channels_last
+        g = g.contiguous(memory_format=cl)
+        gx = torch.empty(ctx.shape, dtype=g.dtype, memory_format=cl)
+        getattr(lib, f"pool_relu_backward_{DTYPES[g.dtype]}")(
+            g.data_ptr(), code.data_ptr(), gx.data_ptr(), b, h, w, c, torch.get_num_threads()
+        )
+        return gx
+
+
+def kernel_applies(x: torch.Tensor) -> bool:
+    """Whether the fused kernel can take `x`: a 4-D float32 / bf16 channels_last CPU tensor
+    of at least 2x2, in eager mode, with the kernel built. Anything else runs ATen."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False  # graphs record ATen's ops (export, torch.compile)
+    return (
+        x.device.type == "cpu"
+        and x.dtype in DTYPES
+        and x.dim() == 4
+        and x.shape[2] >= 2
+        and x.shape[3] >= 2
+        and x.numel() > 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and load_kernel()[0] is not None
+    )
+
+
+class PoolReLU(nn.Module):
+    """`MaxPool2d(2)` then `ReLU`, fused: pool_relu.cpp where it applies, else the two ATen ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernel_applies(x):
+            return _PoolReLUFunction.apply(x)
+        return torch.relu(F.max_pool2d(x, 2))
+
+
+def _is_plain_2x2(m: nn.Module) -> bool:
+    """A MaxPool2d(2) with defaults: 2x2 windows, stride 2, no padding, floor, no indices."""
+
+    def pair(v: object) -> tuple:
+        return tuple(v) if isinstance(v, tuple | list) else (v, v)
+
+    return (
+        type(m) is nn.MaxPool2d
+        and pair(m.kernel_size) == (2, 2)
+        and pair(m.stride) == (2, 2)
+        and pair(m.padding) == (0, 0)
+        and pair(m.dilation) == (1, 1)
+        and not m.ceil_mode
+        and not m.return_indices
+    )
+
+
+def fuse_pool_relu(model: nn.Module) -> int:
+    """Replace each `MaxPool2d(2), ReLU` pair inside an nn.Sequential of `model` (in place) by
+    `PoolReLU(), Identity()`, keeping every other layer's index and the state_dict's keys.
+    Returns how many pairs were fused (0 when the kernel is off or cannot be built)."""
+    if load_kernel()[0] is None:
+        return 0
+    fused = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if _is_plain_2x2(seq[i]) and type(seq[i + 1]) is nn.ReLU:
+                seq[i], seq[i + 1] = PoolReLU(), nn.Identity()
+                fused += 1
+    return fused
+
+
+def fuse_for_training(model: nn.Module, device: torch.device) -> str | None:
+    """Fuse `model`'s pairs when it trains on a CPU; returns what happened, for the log and
+    config.json (None when there is nothing to say: CUDA, or a model without such pairs)."""
+    if device.type != "cpu" or not any(_is_plain_2x2(m) for m in model.modules()):
+        return None
+    lib, how = load_kernel()
+    fused = fuse_pool_relu(model) if lib is not None else 0
+    if lib is None:
+        return how
+    return f"{how}, {fused} layer pairs" if fused else None

@@ -1,0 +1,212 @@
+"""The fused max-pool + ReLU kernel (cnnlab.models.pool_relu) against ATen's
+`relu(max_pool2d(x, 2))`: outputs and gradients bit for bit, its fall-backs, and a training
+run that gives the same weights with and without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+from test_train_helpers import bars_dataset
+
+from cnnlab.models import create_model
+from cnnlab.models import pool_relu as pr
+from cnnlab.train import TrainConfig, train
+
+CL = torch.channels_last
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel():
+    """Every test asks for the kernel afresh (it is cached once a process)."""
+    pr.load_kernel.cache_clear()
+    yield
+    pr.load_kernel.cache_clear()
+
+
+@pytest.fixture
+def kernel() -> None:
+    """The kernel must build wherever a C++ compiler is; without one, skip visibly."""
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("no C++ compiler: the fused kernel is not built here (ATen runs instead)")
+    lib, how = pr.load_kernel()
+    assert lib is not None, how
+
+
+def aten(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(F.max_pool2d(x, 2))
+
+
+def fused(x: torch.Tensor) -> torch.Tensor:
+    assert pr.kernel_applies(x)
+    return pr.PoolReLU()(x)
+
+
+def forward_backward(fn, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xx = x.detach().requires_grad_()
+    y = fn(xx)
+    y.backward(g)
+    return y.detach(), xx.grad
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal bit patterns (so -0.0 and +0.0 differ), shapes and memory formats."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
+
+
+def channels_last(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).contiguous(memory_format=CL)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    b=st.integers(1, 3),
+    c=st.integers(1, 19),
+    h=st.integers(2, 9),
+    w=st.integers(2, 9),
+    levels=st.sampled_from([3, 7, 1000]),  # few levels: many ties and exact zeros
+    bf16=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_aten_bit_for_bit(kernel, b, c, h, w, levels, bf16, seed) -> None:
+    """Random shapes (odd sizes included) with ties, zeros of both signs and negatives."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-levels, levels + 1, (b, c, h, w), generator=gen) / levels
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.1, -0.0, x)  # some -0.0
+    g = torch.randn(b, c, h // 2, w // 2, generator=gen)
+    g = torch.where(torch.rand(g.shape, generator=gen) < 0.1, -0.0, g)
+    x, g = channels_last(x, dtype), channels_last(g, dtype)
+    want, got = forward_backward(aten, x, g), forward_backward(fused, x, g)
+    assert_same_bits(got[0], want[0])
+    assert_same_bits(got[1], want[1])
+    assert got[1].is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_seed_neu_shapes_and_the_hand_checked_cases(kernel, dtype) -> None:
+    """A seed-neu-sized layer, plus windows whose answer is known: a tie goes to the first
+    position; an all -0.0 window gives -0.0 and no gradient; a negative window gives +0."""
+    x = channels_last(torch.randn(4, 32, 50, 50), dtype)
+    x[0, 0, :2, :2] = torch.tensor([[1.0, 1.0], [0.5, 1.0]])
+    x[0, 1, :2, :2] = -0.0
+    x[0, 2, :2, :2] = torch.tensor([[-3.0, -1.0], [-2.0, -4.0]])
+    g = channels_last(torch.randn(4, 32, 25, 25), dtype)
+    y, gx = forward_backward(fused, x, g)
+    want = forward_backward(aten, x, g)
+    assert_same_bits(y, want[0])
+    assert_same_bits(gx, want[1])
+    assert gx[0, 0, 0, 0] == g[0, 0, 0, 0] and (gx[0, 0, :2, :2] != 0).sum() == 1
+    assert torch.signbit(y[0, 1, 0, 0]) and not gx[0, 1, :2, :2].any()
+    assert y[0, 2, 0, 0] == 0 and not torch.signbit(y[0, 2, 0, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_goes_where_aten_sends_it(kernel, dtype) -> None:
+    """NaN wins the window (ATen's `isnan(val)` rule) and its gradient flows through the ReLU;
+    only NaN payloads may differ, so NaN positions and the gradients' positions are compared."""
+    x = channels_last(torch.rand(2, 3, 4, 4), dtype)
+    x[0, 0, 0, 1] = float("nan")
+    x[1, 2, 1, 0] = x[1, 2, 1, 1] = float("nan")
+    g = channels_last(torch.randn(2, 3, 2, 2), dtype)
+    g[1, 1, 0, 0] = float("nan")
+    want, got = forward_backward(aten, x, g), forward_backward(fused, x, g)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_other_inputs_fall_back_to_aten(kernel) -> None:
+    """NCHW, float64, a strided slice and tracing take ATen's kernels, same answers."""
+    nchw = torch.randn(2, 3, 6, 6)
+    sliced = channels_last(torch.randn(1, 4, 6, 8), torch.float32)[:, :, :, :6]
+    cases = [nchw, nchw.double().contiguous(memory_format=CL), sliced]
+    for x in cases:
+        assert not pr.kernel_applies(x)
+        assert torch.equal(pr.PoolReLU()(x), aten(x))
+    traced = torch.jit.trace(pr.PoolReLU(), channels_last(torch.randn(1, 2, 4, 4), torch.float32))
+    assert "max_pool2d" in str(traced.graph)
+
+
+def test_fuse_keeps_the_layers_indices_and_the_weights(kernel) -> None:
+    """seed-neu's three pairs fused in place; same state_dict; one bf16 Adam step as ATen's."""
+    torch.manual_seed(0)
+    plain = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
+    model = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
+    model.load_state_dict(plain.state_dict())
+    assert pr.fuse_pool_relu(model) == 3
+    assert isinstance(model.features[0][1], pr.PoolReLU)
+    assert isinstance(model.features[0][2], torch.nn.Identity)
+    assert list(model.state_dict()) == list(plain.state_dict())
+    x = channels_last(torch.rand(6, 1, 40, 40), torch.float32)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    for m in (plain, model):
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            F.cross_entropy(m(x), y).backward()
+        opt.step()
+    for (k, a), b in zip(plain.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_training_run_is_the_same_with_and_without_the_kernel(kernel, tmp_path, monkeypatch):
+    """A whole seed-mnist run: identical weights; config.json says which kernel ran."""
+    ds = bars_dataset(120, 12)
+
+    def run(out: str) -> tuple[dict[str, torch.Tensor], str]:
+        pr.load_kernel.cache_clear()
+        cfg = TrainConfig(
+            data="x",
+            model="seed-mnist",
+            epochs=2,
+            batch_size=16,
+            out=str(tmp_path / out),
+            device="cpu",
+        )
+        train(cfg, ds, progress=False, log=lambda _m: None)
+        runtime = json.loads((tmp_path / out / "config.json").read_text())["runtime"]
+        return load_file(tmp_path / out / "model.safetensors"), runtime["pool_relu"]
+
+    fast, how_fast = run("fused")
+    monkeypatch.setenv("CNNLAB_FUSED_POOL", "0")
+    slow, how_slow = run("aten")
+    assert how_fast.startswith("fused kernel") and how_fast.endswith("2 layer pairs")
+    assert how_slow == "off (CNNLAB_FUSED_POOL=0)"
+    assert fast.keys() == slow.keys()
+    assert all(torch.equal(fast[k], slow[k]) for k in fast)
+
+
+def test_a_compiler_that_fails_leaves_aten(monkeypatch, tmp_path: Path) -> None:
+    """A broken $CXX: no kernel, a reason, and fusing does nothing."""
+    fake = tmp_path / "broken-c++"
+    fake.write_text("#!/bin/sh\necho 'broken-c++: fatal error: no' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    lib, how = pr.load_kernel()
+    assert lib is None and "not built" in how and "fatal error" in how
+    model = create_model("seed-mnist")
+    assert pr.fuse_pool_relu(model) == 0
+    assert pr.fuse_for_training(model, torch.device("cpu")) == how
+    assert not list((Path(pr.cache_root()) / "kernels").glob("*.so"))  # no half-built library
+
+
+def test_the_library_is_built_once_and_reused(kernel, monkeypatch) -> None:
+    """The second process finds the cached library (same file, not rebuilt)."""
+    lib_path = Path(pr.load_kernel()[0]._name)
+    built = lib_path.stat().st_mtime_ns
+    pr.load_kernel.cache_clear()
+    assert Path(pr.load_kernel()[0]._name) == lib_path
+    assert lib_path.stat().st_mtime_ns == built
+    assert pr.fuse_for_training(create_model("resnet-tiny-pool"), torch.device("cpu")) is None
