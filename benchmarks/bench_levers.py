@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS[:4]),
+        default=list(VARIANTS[:5]),
         choices=VARIANTS,
-        help="default: cnnlab nchw relu-first fp32 (compile takes about 30 s to compile)",
+        help="default: cnnlab aten-pool nchw relu-first fp32 (compile takes about 30 s to compile)",
     )
     args = p.parse_args(argv)
 

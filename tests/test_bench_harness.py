@@ -406,9 +406,18 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     levers.main(["--images", "50", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
-    for v in ("cnnlab", "nchw", "relu-first", "fp32"):
+    for v in ("cnnlab", "aten-pool", "nchw", "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
-    assert out.count("cnnlab / this =") == 3
+    assert out.count("cnnlab / this =") == 4
+    # cnnlab trains with the fused max-pool + ReLU where the kernel builds; aten-pool without
+    from cnnlab.models.pool_relu import PoolReLU, load_kernel
+
+    kinds = {
+        v: {type(m) for m in levers.build(v, "seed-mnist")[1].modules()}
+        for v in ("cnnlab", "aten-pool")
+    }
+    assert (PoolReLU in kinds["cnnlab"]) == (load_kernel()[0] is not None)
+    assert PoolReLU not in kinds["aten-pool"] and torch.nn.MaxPool2d in kinds["aten-pool"]
     # cnnlab trains as `cnnlab train` does (bf16 autocast where it measured faster); fp32 never
     from cnnlab.precision import bf16_choice
     from cnnlab.runtime import setup
