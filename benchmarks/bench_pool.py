@@ -9,10 +9,12 @@ non-convolution cost: about 29 % of a seed-neu training step on the Zen 5 box).
 - fused: `cnnlab.models.pool_relu.PoolReLU`, what cnnlab trains with since 2026-12-03: the
   hand-written pool's idea as one C++ pass each way (pool_relu.cpp).
 
-All four must give the same output and gradient bit for bit (checked, with a tie), in bf16
-channels_last at seed-neu's three pool shapes, batch 50; medians of `--rounds` calls.
+All must give the same output and gradient bit for bit (checked, with a tie), channels_last
+at seed-neu's three pool shapes, batch 50, in bf16 (`--dtype`: fp32 is what cnnlab trains in
+on CPUs without fast bf16); medians of `--rounds` calls.
 
     .venv/bin/python benchmarks/bench_pool.py --rounds 10
+    .venv/bin/python benchmarks/bench_pool.py --dtype fp32 --variants eager fused
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from cnnlab.models.pool_relu import PoolReLU, load_kernel
 from cnnlab.runtime import setup
 
 SHAPES = [(50, 32, 200, 200), (50, 64, 100, 100), (50, 128, 50, 50)]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+VARIANTS = ("eager", "compiled", "hand", "fused")
 
 
 def eager(x: torch.Tensor) -> torch.Tensor:
@@ -79,17 +83,30 @@ def median_ms(fn, x: torch.Tensor, g: torch.Tensor, rounds: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="eager (the reference) is always run",
+    )
     args = ap.parse_args(argv)
     setup("cpu")
-    compiled = torch.compile(eager, dynamic=False)
-    fns = {"eager": eager, "compiled": compiled, "hand": hand, "fused": PoolReLU()}
-    print(f"fused: {load_kernel()[1]}")
-    cl = torch.channels_last
+    every = {
+        "eager": eager,
+        "compiled": torch.compile(eager, dynamic=False),
+        "hand": hand,
+        "fused": PoolReLU(),
+    }
+    fns = {k: v for k, v in every.items() if k == "eager" or k in args.variants}
+    print(f"fused: {load_kernel()[1]}; {args.dtype}, {torch.get_num_threads()} threads")
+    cl, dtype = torch.channels_last, DTYPES[args.dtype]
     for shape in SHAPES:
-        x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=cl)
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=cl)
         x[0, 0, 0, 0] = x[0, 0, 0, 1]  # a tie: the gradient goes to the first position
         out = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
-        g = torch.randn(out).to(torch.bfloat16).contiguous(memory_format=cl)
+        g = torch.randn(out).to(dtype).contiguous(memory_format=cl)
         grads, outs = {}, {}
         for name, fn in fns.items():
             xx = x.detach().requires_grad_()
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             outs[name], grads[name] = y, xx.grad
             if name == "compiled":
                 print(f"{shape}: compiled's first call (compiling) {first:.1f} s")
-        for name in ("compiled", "hand", "fused"):
+        for name in [k for k in fns if k != "eager"]:
             assert torch.equal(outs[name], outs["eager"]), name
             assert torch.equal(grads[name], grads["eager"]), name
         ms = {name: median_ms(fn, x, g, args.rounds) for name, fn in fns.items()}

@@ -25,10 +25,21 @@ namespace {
 
 constexpr uint8_t kNoGrad = 4;  // `code` of an output the ReLU zeroed
 
-struct F32 {
-    using T = float;
-    static float value(float v) { return v; }
-    static float grad(float g) { return 0.0f + g; }  // -0.0 -> +0.0, as 0 + g in ATen
+// Both types are handled as their bits, so that the backward's select is an integer
+// select of one width, which the compiler vectorizes (a float select on a byte compare
+// it did not).
+struct F32 {  // float32 stored as its 32 bits
+    using T = uint32_t;
+    static float value(uint32_t v) {
+        float f;
+        std::memcpy(&f, &v, sizeof f);
+        return f;
+    }
+    static uint32_t grad(uint32_t g) {  // 0 + g: -0 -> +0, NaN quieted
+        const uint32_t a = g & 0x7fffffffu;
+        const uint32_t r = a == 0 ? 0u : g;
+        return a > 0x7f800000u ? (g | 0x00400000u) : r;
+    }
 };
 
 struct BF16 {  // bfloat16 stored as its 16 bits: the top half of a float32
@@ -40,9 +51,9 @@ struct BF16 {  // bfloat16 stored as its 16 bits: the top half of a float32
         return f;
     }
     static uint16_t grad(uint16_t g) {  // 0 + g rounded to bf16: -0 -> +0, NaN -> 0x7fc0
-        if ((g & 0x7fff) == 0) return 0;
-        if ((g & 0x7f80) == 0x7f80 && (g & 0x7f)) return 0x7fc0;
-        return g;
+        const uint16_t a = g & 0x7fff;  // branch-free, so the backward loop vectorizes
+        const uint16_t r = a == 0 ? uint16_t(0) : g;
+        return a > 0x7f80 ? uint16_t(0x7fc0) : r;
     }
 };
 
@@ -103,8 +114,12 @@ void backward(const typename D::T* g, const uint8_t* code, typename D::T* gx, in
             for (uint8_t dx = 0; dx < 2; dx++) {
                 const uint8_t want = dy + dx;
                 T* dst = out + (2 * ow + dx) * C;
-                for (int64_t c = 0; c < C; c++)
-                    dst[c] = cr[ow * C + c] == want ? D::grad(gr[ow * C + c]) : T(0);
+                const T* gw = gr + ow * C;
+                const uint8_t* cw = cr + ow * C;
+                for (int64_t c = 0; c < C; c++) {  // loads outside the select: vectorizes
+                    const T v = D::grad(gw[c]);
+                    dst[c] = cw[c] == want ? v : T(0);
+                }
             }
         }
         if (W % 2) std::memset(out + 2 * Wo * C, 0, C * sizeof(T));  // the dropped column
@@ -115,7 +130,7 @@ void backward(const typename D::T* g, const uint8_t* code, typename D::T* gx, in
 
 extern "C" {
 
-void pool_relu_forward_f32(const float* x, float* y, uint8_t* code, int64_t B, int64_t H,
+void pool_relu_forward_f32(const uint32_t* x, uint32_t* y, uint8_t* code, int64_t B, int64_t H,
                            int64_t W, int64_t C, int threads) {
     forward<F32>(x, y, code, B, H, W, C, threads);
 }
@@ -125,7 +140,7 @@ void pool_relu_forward_bf16(const uint16_t* x, uint16_t* y, uint8_t* code, int64
     forward<BF16>(x, y, code, B, H, W, C, threads);
 }
 
-void pool_relu_backward_f32(const float* g, const uint8_t* code, float* gx, int64_t B,
+void pool_relu_backward_f32(const uint32_t* g, const uint8_t* code, uint32_t* gx, int64_t B,
                             int64_t H, int64_t W, int64_t C, int threads) {
     backward<F32>(g, code, gx, B, H, W, C, threads);
 }
