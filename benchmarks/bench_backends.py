@@ -9,6 +9,10 @@ largest |logit| difference between the two on those images.
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/mnist-s0 --data mnist
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/neu-s0 --data neu --rounds 3
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/mnist-s0 --data mnist --threads 1
+    .venv/bin/python benchmarks/bench_backends.py /tmp/tr/neu-s0 --data neu --aten-pool
+
+`--aten-pool` adds a third contestant, `torch-aten`: the PyTorch predictor with ATen's
+max-pool and ReLU instead of cnnlab's fused kernel (`cnnlab.models.pool_relu`).
 """
 
 from __future__ import annotations
@@ -50,9 +54,12 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=300, help="single-image calls per backend (300)")
     p.add_argument("--threads", type=int, help="CPU threads per backend (default: physical cores)")
     p.add_argument("--out", help="write the JSON result here")
+    p.add_argument(
+        "--aten-pool", action="store_true", help="also time torch with ATen's max-pool + ReLU"
+    )
     args = p.parse_args()
 
-    from cnnlab.backends import load_predictor
+    from cnnlab.backends import TorchPredictor, load_predictor
     from cnnlab.export import export_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,10 +68,19 @@ def main() -> None:
             "torch": load_predictor(args.model, device="cpu", threads=args.threads),
             "onnxruntime": load_predictor(onnx_file, threads=args.threads),
         }
+        if args.aten_pool:
+            backends["torch-aten"] = TorchPredictor(
+                args.model, device="cpu", threads=args.threads, fuse_pool=False
+            )
         meta = backends["torch"].meta
         batch = real_images(args.data, meta, args.batch)
         singles = batch[: min(64, args.batch)]
         diff = (backends["torch"].logits(batch) - backends["onnxruntime"].logits(batch)).abs()
+        same = None
+        if args.aten_pool:
+            same = torch.equal(
+                backends["torch"].logits(batch), backends["torch-aten"].logits(batch)
+            )
         for pred in backends.values():  # warm-up: allocations, kernel choice
             pred.logits(batch[:16])
             for i in range(10):
@@ -94,6 +110,8 @@ def main() -> None:
         "batch": args.batch,
         "threads": torch.get_num_threads(),
         "max_abs_diff_logits": float(diff.max()),
+        "pool_relu": backends["torch"].pool_relu,  # type: ignore[attr-defined]
+        "torch_equals_torch_aten": same,
         "backends": {
             name: {
                 "throughput_img_s": round(statistics.median(thr[name]), 1),
@@ -109,7 +127,8 @@ def main() -> None:
     }
     print(
         f"{meta.get('architecture')}: batch {args.batch}, {result['threads']} thread(s), "
-        f"max |logit diff| {diff.max():.3g}"
+        f"max |logit diff| {diff.max():.3g}; max-pool + ReLU: {result['pool_relu']}"
+        + ("" if same is None else f"; torch == torch-aten bit for bit: {same}")
     )
     print(f"{'backend':<12} {'img/s (batch)':>14} {'p50 ms (1 img)':>15} {'p99 ms':>9}")
     for name, r in result["backends"].items():

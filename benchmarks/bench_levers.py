@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cnnlab.models import create_model, model_info
-from cnnlab.models.pool_relu import fuse_for_training
+from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
 
@@ -90,7 +90,7 @@ def build(variant: str, name: str) -> tuple:
         model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
     if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
-        fuse_for_training(model, rt.device)
+        fuse_on_cpu(model, rt.device)
     if variant == "compile":  # compiles on the first step (the warm-up below times it)
         model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)

@@ -198,7 +198,7 @@ def test_a_compiler_that_fails_leaves_aten(monkeypatch, tmp_path: Path) -> None:
     assert lib is None and "not built" in how and "fatal error" in how
     model = create_model("seed-mnist")
     assert pr.fuse_pool_relu(model) == 0
-    assert pr.fuse_for_training(model, torch.device("cpu")) == how
+    assert pr.fuse_on_cpu(model, torch.device("cpu")) == how
     assert not list((Path(pr.cache_root()) / "kernels").glob("*.so"))  # no half-built library
 
 
@@ -209,4 +209,43 @@ def test_the_library_is_built_once_and_reused(kernel, monkeypatch) -> None:
     pr.load_kernel.cache_clear()
     assert Path(pr.load_kernel()[0]._name) == lib_path
     assert lib_path.stat().st_mtime_ns == built
-    assert pr.fuse_for_training(create_model("resnet-tiny-pool"), torch.device("cpu")) is None
+    assert pr.fuse_on_cpu(create_model("resnet-tiny-pool"), torch.device("cpu")) is None
+
+
+def test_the_torch_predictor_fuses_and_gives_the_same_logits(kernel, tmp_path, monkeypatch):
+    """predict / evaluate / serve run the fused pairs on a CPU: logits bit for bit as ATen's,
+    under both float32 and bf16 autocast; its `pool_relu` says which kernel ran."""
+    from cnnlab.backends import TorchPredictor
+    from cnnlab.train.checkpoint import load_model
+    from cnnlab.train.engine import to_input
+
+    ds = bars_dataset(60, 12)
+    cfg = TrainConfig(
+        data="x", model="seed-mnist", epochs=1, batch_size=16, out=str(tmp_path), device="cpu"
+    )
+    train(cfg, ds, progress=False, log=lambda _m: None)
+    images = ds.images[:40]
+    plain, _ = load_model(tmp_path)
+    applied = []
+    real = pr.kernel_applies
+    monkeypatch.setattr(pr, "kernel_applies", lambda x: applied.append(real(x)) or applied[-1])
+    with torch.inference_mode():
+        want = plain.eval()(to_input(images))
+    for bf16 in (False, True):
+        pr.load_kernel.cache_clear()
+        monkeypatch.setenv("CNNLAB_FUSED_POOL", "0")
+        slow = TorchPredictor(tmp_path, device="cpu", bf16=bf16)
+        assert slow.pool_relu == "off (CNNLAB_FUSED_POOL=0)"
+        pr.load_kernel.cache_clear()  # the switch is read once a process: on again for `fast`
+        monkeypatch.delenv("CNNLAB_FUSED_POOL")
+        fast = TorchPredictor(tmp_path, device="cpu", bf16=bf16)
+        assert fast.pool_relu.startswith("fused kernel") and fast.pool_relu.endswith(
+            "2 layer pairs"
+        )
+        assert isinstance(fast.model.features[0][1], pr.PoolReLU)
+        applied.clear()
+        got = fast.logits(images)
+        assert applied and all(applied)  # the kernel ran, not ATen's fallback
+        assert_same_bits(got, slow.logits(images))
+        if not bf16:
+            assert torch.allclose(fast.logits(images), want, atol=1e-5)

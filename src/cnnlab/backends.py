@@ -69,16 +69,21 @@ class TorchPredictor:
         device: str = "auto",
         threads: int | None = None,
         bf16: bool = False,
+        fuse_pool: bool = True,
     ) -> None:
         """`bf16`: autocast as training does on CPUs where bf16 is faster. Off by default: its
         probabilities differ from float32 by up to a few hundredths (0.033 on seed-neu), which
-        moves reject thresholds and calibration, and the exported models run in float32."""
+        moves reject thresholds and calibration, and the exported models run in float32.
+        `fuse_pool`: max-pool + ReLU pairs as one kernel on a CPU (`cnnlab.models.pool_relu`;
+        the same logits bit for bit); False keeps ATen's, for comparison."""
+        from cnnlab.models.pool_relu import fuse_on_cpu
         from cnnlab.runtime import setup
 
         self.path = resolve_model_file(src)
         model, self.meta = load_model(src)
         self.runtime = setup(device, threads=threads, bf16=bf16)
         self.model: nn.Module = self.runtime.place(model)
+        self.pool_relu = fuse_on_cpu(self.model, self.runtime.device) if fuse_pool else None
 
     def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
         from cnnlab.train.engine import predict_logits

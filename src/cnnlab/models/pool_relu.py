@@ -9,9 +9,9 @@ odd sizes; tests/test_pool_relu.py), so runs are reproducible with or without it
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into
 `$CNNLAB_CACHE/kernels/`, keyed by its source, the compiler and this CPU's flags; without a
-compiler, or with `CNNLAB_FUSED_POOL=0`, training runs ATen's kernels as before.
-Training swaps the pair in (`fuse_pool_relu`); the model file, export and explain tools
-see the plain layers.
+compiler, or with `CNNLAB_FUSED_POOL=0`, cnnlab runs ATen's kernels as before.
+Training and the PyTorch predictor (`predict`, `evaluate`, `serve`) swap the pair in
+(`fuse_on_cpu`); the model file, export and explain tools see the plain layers.
 """
 
 from __future__ import annotations
@@ -205,9 +205,10 @@ def fuse_pool_relu(model: nn.Module) -> int:
     return fused
 
 
-def fuse_for_training(model: nn.Module, device: torch.device) -> str | None:
-    """Fuse `model`'s pairs when it trains on a CPU; returns what happened, for the log and
-    config.json (None when there is nothing to say: CUDA, or a model without such pairs)."""
+def fuse_on_cpu(model: nn.Module, device: torch.device) -> str | None:
+    """Fuse `model`'s pairs when it runs on a CPU (training or inference); returns what
+    happened, for the log and config.json (None when there is nothing to say: CUDA, or a
+    model without such pairs)."""
     if device.type != "cpu" or not any(_is_plain_2x2(m) for m in model.modules()):
         return None
     lib, how = load_kernel()

@@ -31,7 +31,7 @@ from cnnlab.data.augment import AUGMENTS, get_augment, symmetry_of
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, model_info, model_kwargs
-from cnnlab.models.pool_relu import fuse_for_training
+from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
 from cnnlab.train.budget import (
@@ -361,7 +361,7 @@ def train(
     except ValueError as e:
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
-    pool_relu = fuse_for_training(model, rt.device)
+    pool_relu = fuse_on_cpu(model, rt.device)
     if world is not None and rt.device.type == "cuda":  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
