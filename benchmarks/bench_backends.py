@@ -75,12 +75,9 @@ def main() -> None:
         meta = backends["torch"].meta
         batch = real_images(args.data, meta, args.batch)
         singles = batch[: min(64, args.batch)]
-        diff = (backends["torch"].logits(batch) - backends["onnxruntime"].logits(batch)).abs()
-        same = None
-        if args.aten_pool:
-            same = torch.equal(
-                backends["torch"].logits(batch), backends["torch-aten"].logits(batch)
-            )
+        ref = backends["torch"].logits(batch)
+        diff = (ref - backends["onnxruntime"].logits(batch)).abs()
+        same = torch.equal(ref, backends["torch-aten"].logits(batch)) if args.aten_pool else None
         for pred in backends.values():  # warm-up: allocations, kernel choice
             pred.logits(batch[:16])
             for i in range(10):
