@@ -2,7 +2,9 @@
 
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
 changed: `aten-pool` (ATen's max-pool and ReLU instead of cnnlab's fused kernel,
-cnnlab.models.pool_relu), `nchw` (contiguous NCHW instead of channels_last), `relu-first`
+cnnlab.models.pool_relu), `nhwc-wgrad` (oneDNN's weight gradients on the channels_last
+tensors instead of cnnlab's NCHW copies, cnnlab.models.nchw_wgrad; the same model on CPUs
+where that lever does not apply), `nchw` (contiguous NCHW instead of channels_last), `relu-first`
 (the notes' conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same
 function), `fp32` (no bf16 autocast) and `bf16` (bf16 autocast); one of the last two is
 `cnnlab` itself, which trains in bf16 only where a bf16 convolution measured faster
@@ -20,6 +22,8 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 400 \
         --variants cnnlab aten-pool
+    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 9 \
+        --variants cnnlab nhwc-wgrad
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 import torch
 from torch import nn
 
-from cnnlab.models import create_model, model_info
+from cnnlab.models import create_model, model_info, nchw_wgrad
 from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
@@ -40,6 +44,7 @@ ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
 VARIANTS = (
     "cnnlab",
     "aten-pool",
+    "nhwc-wgrad",
     "nchw",
     "relu-first",
     "fp32",
@@ -91,6 +96,8 @@ def build(variant: str, name: str) -> tuple:
     model = rt.place(model)
     if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
         fuse_on_cpu(model, rt.device)
+    if variant != "nhwc-wgrad":  # weight gradients from NCHW copies (models/nchw_wgrad.py)
+        nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype)
     if variant == "compile":  # compiles on the first step (the warm-up below times it)
         model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)
@@ -105,9 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS[:5]),
+        default=list(VARIANTS[:6]),
         choices=VARIANTS,
-        help="default: cnnlab aten-pool nchw relu-first fp32 (compile takes about 30 s to compile)",
+        help="default: cnnlab aten-pool nhwc-wgrad nchw relu-first fp32 (compile takes about 30 s "
+        "to compile)",
     )
     args = p.parse_args(argv)
 

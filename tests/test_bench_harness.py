@@ -406,9 +406,9 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     levers.main(["--images", "50", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
-    for v in ("cnnlab", "aten-pool", "nchw", "relu-first", "fp32"):
+    for v in ("cnnlab", "aten-pool", "nhwc-wgrad", "nchw", "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
-    assert out.count("cnnlab / this =") == 4
+    assert out.count("cnnlab / this =") == 5
     # cnnlab trains with the fused max-pool + ReLU where the kernel builds; aten-pool without
     from cnnlab.models.pool_relu import PoolReLU, load_kernel
 
@@ -418,6 +418,17 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     }
     assert (PoolReLU in kinds["cnnlab"]) == (load_kernel()[0] is not None)
     assert PoolReLU not in kinds["aten-pool"] and torch.nn.MaxPool2d in kinds["aten-pool"]
+    # and its convolutions take NCHW weight gradients where that lever applies; nhwc-wgrad not
+    from cnnlab.models.nchw_wgrad import NCHWWeightGradConv2d, cpu_lacks_avx512
+
+    convs = {
+        v: {type(m) for m in levers.build(v, "seed-neu")[1].modules()}
+        for v in ("cnnlab", "nhwc-wgrad")
+    }
+    assert (NCHWWeightGradConv2d in convs["cnnlab"]) == (
+        cpu_lacks_avx512() and levers.build("cnnlab", "seed-neu")[0].amp_dtype is None
+    )
+    assert NCHWWeightGradConv2d not in convs["nhwc-wgrad"]
     # cnnlab trains as `cnnlab train` does (bf16 autocast where it measured faster); fp32 never
     from cnnlab.precision import bf16_choice
     from cnnlab.runtime import setup

@@ -1,0 +1,152 @@
+"""Convolution weight gradients from NCHW copies, on CPUs without AVX-512: same bits, less time.
+
+cnnlab trains channels_last (NHWC), where oneDNN's forward and input-gradient kernels are
+fastest. Its weight gradient is another matter on an AVX2-only CPU: there oneDNN has no
+brgemm kernel for it and runs `jit:avx2` on the NHWC tensors, which on the Zen 3 box took
+about 1.3x as long for seed-neu's second convolution (32 -> 64 channels at 100x100) as copying
+the input and the output gradient to NCHW and running the same kernel on its blocked layout
+(`ONEDNN_VERBOSE=1` names both): a seed-neu training step 1.09-1.12x faster. The gradients
+are equal bit for bit (the same kernel and reduction order; tests/test_nchw_wgrad.py), so a
+run gives the same weights either way.
+
+Where it applies was measured (README, "Benchmark"): a stride-1 conv with at least 32 input
+channels on an input of at least 48x48 (seed-neu's second and third convolutions); the copies
+cost more than they save on small inputs (seed-mnist's 14x14) and with few channels.
+Training swaps such convolutions in (`use_on_cpu`); `CNNLAB_NCHW_WGRAD=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.runtime import cpu_flags
+
+MIN_CHANNELS = 32  # input channels
+MIN_PIXELS = 48 * 48  # input height x width
+
+
+def enabled_by_env() -> bool:
+    """False when `CNNLAB_NCHW_WGRAD` is 0 / off / false / no."""
+    value = os.environ.get("CNNLAB_NCHW_WGRAD", "1").strip().lower()
+    return value not in {"0", "off", "false", "no"}
+
+
+def cpu_lacks_avx512(flags: set[str] | None = None) -> bool:
+    """True on an x86 CPU with AVX2 but no AVX-512, where oneDNN's weight gradient is its
+    `jit:avx2` kernel both ways (the case measured; elsewhere cnnlab leaves oneDNN alone)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags and "avx512f" not in flags
+
+
+class _NCHWWeightGrad(torch.autograd.Function):
+    """conv2d whose backward takes the input gradient from the channels_last tensors and the
+    weight and bias gradients from NCHW copies of them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+
+        def backward_of(g, x, weight, mask):
+            return torch.ops.aten.convolution_backward(
+                g, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups, mask
+            )
+
+        gx = gw = gb = None
+        if need_x:
+            gx = backward_of(g, x, weight, [True, False, False])[0]
+        if need_w or need_b:
+            _, gw, gb = backward_of(
+                g.contiguous(), x.contiguous(), weight.contiguous(), [False, need_w, need_b]
+            )
+        return gx, gw, gb, None, None, None, None
+
+
+def takes(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `x` through `conv` gets NCHW weight gradients: a channels_last float32 CPU
+        batch of at least 48x48 pixels with at least 32 channels, an undilated, ungrouped
+    stride-1 conv (dilated and grouped ones differ in the last bits), in eager mode with
+        gradients on and no autocast. Anything else runs the plain conv."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return (
+        torch.is_grad_enabled()
+        and conv.weight.requires_grad
+        and not torch.is_autocast_enabled("cpu")
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] >= MIN_CHANNELS
+        and x.shape[2] * x.shape[3] >= MIN_PIXELS
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+class NCHWWeightGradConv2d(nn.Conv2d):
+    """An `nn.Conv2d` (same parameters, same state_dict) whose weight gradient comes from
+    NCHW copies where `takes` says so."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if takes(self, x):
+            return _NCHWWeightGrad.apply(
+                x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+            )
+        return super().forward(x)
+
+
+def swap_convs(model: nn.Module) -> int:
+    """Turn every plain undilated, ungrouped stride-1 `nn.Conv2d` of `model` with at least 32
+    input channels into an `NCHWWeightGradConv2d` in place (same parameter objects, keys and
+    hooks); returns how many. Input sizes are checked on each call (`takes`)."""
+    swapped = 0
+    for m in model.modules():
+        if (
+            type(m) is nn.Conv2d
+            and m.in_channels >= MIN_CHANNELS
+            and tuple(m.stride) == (1, 1)
+            and tuple(m.dilation) == (1, 1)
+            and m.groups == 1
+            and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str)
+        ):
+            m.__class__ = NCHWWeightGradConv2d  # a subclass adding no state: only forward differs
+            swapped += 1
+    return swapped
+
+
+def use_on_cpu(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> str | None:
+    """Swap `model`'s convolutions for training on an AVX2-only CPU in float32 (`amp_dtype`
+    None); returns what happened, for the log and config.json, or None when the lever does
+    not apply."""
+    if device.type != "cpu" or amp_dtype is not None or not cpu_lacks_avx512():
+        return None
+    if not enabled_by_env():
+        return "off (CNNLAB_NCHW_WGRAD=0)"
+    swapped = swap_convs(model)
+    if not swapped:
+        return None
+    plural = "s" if swapped > 1 else ""
+    return (
+        f"from NCHW copies for {swapped} convolution{plural} with >= {MIN_CHANNELS} "
+        "channels (on inputs of >= 48x48; AVX2 CPU without AVX-512)"
+    )
