@@ -86,9 +86,13 @@ def test_only_where_it_was_measured_to_win() -> None:
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     keys = list(model.state_dict())
     params = [id(p) for p in model.parameters()]
-    assert nw.swap_convs(model) == 2  # 32 -> 64 and 64 -> 128; not the 1-channel stem
+    assert nw.swap_convs(model, (1, 200, 200)) == 2  # blocks 2 and 3, not the 1-channel stem
     assert [type(m) is nw.NCHWWeightGradConv2d for m in convs] == [False, True, True]
     assert list(model.state_dict()) == keys and [id(p) for p in model.parameters()] == params
+    # by input size: seed-neu's block 3 sees 50x50 at 200 px, 24x24 at 96 px; seed-mnist 14x14
+    assert nw.swap_convs(create_model("seed-neu", image_size=(96, 96)), (1, 96, 96)) == 1
+    assert nw.swap_convs(create_model("seed-mnist"), (1, 28, 28)) == 0
+    assert nw.swap_convs(create_model("resnet-neu-pool"), (1, 128, 128)) == 0
     assert nw.swap_convs(torch.nn.Conv2d(32, 8, 3, stride=2)) == 0
     assert nw.swap_convs(torch.nn.Conv2d(32, 8, 3, groups=2)) == 0
     assert nw.swap_convs(torch.nn.Conv2d(32, 8, 3, dilation=2)) == 0
@@ -102,16 +106,21 @@ def test_the_cpu_precision_and_switch_decide(monkeypatch) -> None:
     assert not nw.cpu_lacks_avx512({"neon"})
     cpu = torch.device("cpu")
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: True)
-    assert nw.use_on_cpu(create_model("seed-neu"), cpu, torch.bfloat16) is None
-    assert nw.use_on_cpu(create_model("seed-neu"), torch.device("cuda"), None) is None
-    assert nw.use_on_cpu(create_model("seed-mnist"), cpu, None).startswith("from NCHW copies")
+    neu = (1, 200, 200)
+    assert nw.use_on_cpu(create_model("seed-neu"), cpu, torch.bfloat16, neu) is None
+    assert nw.use_on_cpu(create_model("seed-neu"), torch.device("cuda"), None, neu) is None
+    assert nw.use_on_cpu(create_model("seed-mnist"), cpu, None, (1, 28, 28)) is None
+    assert nw.use_on_cpu(create_model("seed-neu"), cpu, None, neu) == (
+        "from NCHW copies for 2 convolutions (>= 32 channels, inputs of >= 48x48; AVX2 CPU "
+        "without AVX-512)"
+    )
     monkeypatch.setenv("CNNLAB_NCHW_WGRAD", "0")
     model = create_model("seed-neu")
-    assert nw.use_on_cpu(model, cpu, None) == "off (CNNLAB_NCHW_WGRAD=0)"
+    assert nw.use_on_cpu(model, cpu, None, neu) == "off (CNNLAB_NCHW_WGRAD=0)"
     assert not any(isinstance(m, nw.NCHWWeightGradConv2d) for m in model.modules())
     monkeypatch.delenv("CNNLAB_NCHW_WGRAD")
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: False)
-    assert nw.use_on_cpu(create_model("seed-neu"), cpu, None) is None
+    assert nw.use_on_cpu(create_model("seed-neu"), cpu, None, neu) is None
 
 
 def test_a_training_run_gives_the_same_weights(tmp_path, monkeypatch) -> None:
@@ -130,7 +139,7 @@ def test_a_training_run_gives_the_same_weights(tmp_path, monkeypatch) -> None:
         return load_file(tmp_path / out / "model.safetensors"), runtime["weight_grads"]
 
     weights, how = run("a")
-    assert how.startswith("from NCHW copies for 1 convolution with")
+    assert how.startswith("from NCHW copies for 1 convolution (")
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: False)  # the plain convs
     plain, how_plain = run("b")
     assert how_plain is None

@@ -114,39 +114,74 @@ class NCHWWeightGradConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def swap_convs(model: nn.Module) -> int:
-    """Turn every plain undilated, ungrouped stride-1 `nn.Conv2d` of `model` with at least 32
-    input channels into an `NCHWWeightGradConv2d` in place (same parameter objects, keys and
-    hooks); returns how many. Input sizes are checked on each call (`takes`)."""
+def _eligible(m: nn.Module) -> bool:
+    """A plain undilated, ungrouped stride-1 `nn.Conv2d` with at least 32 input channels."""
+    return (
+        type(m) is nn.Conv2d
+        and m.in_channels >= MIN_CHANNELS
+        and tuple(m.stride) == (1, 1)
+        and tuple(m.dilation) == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+    )
+
+
+def _input_pixels(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, int]:
+    """Height x width of the input each eligible conv sees for one (C, H, W) image (a
+    forward pass of one zero image in eval mode, without gradients)."""
+    pixels: dict[nn.Module, int] = {}
+
+    def note(m: nn.Module, args: tuple) -> None:  # a pre-hook returning None keeps the input
+        pixels.setdefault(m, args[0].shape[-2] * args[0].shape[-1])
+
+    hooks = [m.register_forward_pre_hook(note) for m in model.modules() if _eligible(m)]
+    was_training = model.training
+    p = next(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return pixels
+
+
+def swap_convs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
+    """Turn every eligible conv of `model` (plain, undilated, ungrouped, stride 1, at least 32
+    input channels) into an `NCHWWeightGradConv2d` in place (same parameter objects, keys and
+    hooks); with `input_shape` (C, H, W), only those whose input is at least 48x48 for such
+    images. Returns how many. Each call still checks its input (`takes`)."""
+    pixels = None if input_shape is None else _input_pixels(model, input_shape)
     swapped = 0
     for m in model.modules():
-        if (
-            type(m) is nn.Conv2d
-            and m.in_channels >= MIN_CHANNELS
-            and tuple(m.stride) == (1, 1)
-            and tuple(m.dilation) == (1, 1)
-            and m.groups == 1
-            and m.padding_mode == "zeros"
-            and not isinstance(m.padding, str)
-        ):
+        if _eligible(m) and (pixels is None or pixels.get(m, 0) >= MIN_PIXELS):
             m.__class__ = NCHWWeightGradConv2d  # a subclass adding no state: only forward differs
             swapped += 1
     return swapped
 
 
-def use_on_cpu(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> str | None:
-    """Swap `model`'s convolutions for training on an AVX2-only CPU in float32 (`amp_dtype`
-    None); returns what happened, for the log and config.json, or None when the lever does
-    not apply."""
+def use_on_cpu(
+    model: nn.Module,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    input_shape: tuple[int, ...],
+) -> str | None:
+    """Swap `model`'s convolutions that see inputs of at least 48x48 for images of
+    `input_shape` (C, H, W), for training on an AVX2-only CPU in float32 (`amp_dtype` None);
+    returns what happened, for the log and config.json, or None when the lever does not
+    apply."""
     if device.type != "cpu" or amp_dtype is not None or not cpu_lacks_avx512():
         return None
     if not enabled_by_env():
         return "off (CNNLAB_NCHW_WGRAD=0)"
-    swapped = swap_convs(model)
+    swapped = swap_convs(model, input_shape)
     if not swapped:
         return None
     plural = "s" if swapped > 1 else ""
     return (
-        f"from NCHW copies for {swapped} convolution{plural} with >= {MIN_CHANNELS} "
-        "channels (on inputs of >= 48x48; AVX2 CPU without AVX-512)"
+        f"from NCHW copies for {swapped} convolution{plural} (>= {MIN_CHANNELS} channels, "
+        "inputs of >= 48x48; AVX2 CPU without AVX-512)"
     )

@@ -362,7 +362,9 @@ def train(
         raise CnnlabError(str(e), cfg.data) from None
     model = rt.place(model)
     pool_relu = fuse_on_cpu(model, rt.device)
-    weight_grads = nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype)
+    weight_grads = nchw_wgrad.use_on_cpu(
+        model, rt.device, rt.amp_dtype, (dataset.channels, *dataset.image_size)
+    )
     if world is not None and rt.device.type == "cuda":  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
