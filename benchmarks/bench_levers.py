@@ -22,8 +22,8 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 400 \
         --variants cnnlab aten-pool
-    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 200 --rounds 9 \
-        --variants cnnlab nhwc-wgrad
+    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 50 --rounds 60 \
+        --variants cnnlab nhwc-wgrad                                 # single steps alternating
 """
 
 from __future__ import annotations

@@ -77,10 +77,9 @@ class _NCHWWeightGrad(torch.autograd.Function):
 
 
 def takes(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether `x` through `conv` gets NCHW weight gradients: a channels_last float32 CPU
-        batch of at least 48x48 pixels with at least 32 channels, an undilated, ungrouped
-    stride-1 conv (dilated and grouped ones differ in the last bits), in eager mode with
-        gradients on and no autocast. Anything else runs the plain conv."""
+    """Whether `x` through `conv` (a swapped, so eligible, conv) gets NCHW weight gradients:
+    a channels_last float32 CPU batch of at least 48x48 pixels, in eager mode with gradients
+    on and no autocast. Anything else runs the plain conv."""
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     return (
@@ -90,15 +89,9 @@ def takes(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.dim() == 4
-        and x.shape[1] >= MIN_CHANNELS
         and x.shape[2] * x.shape[3] >= MIN_PIXELS
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()
-        and tuple(conv.stride) == (1, 1)
-        and tuple(conv.dilation) == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
     )
 
 
@@ -115,7 +108,8 @@ class NCHWWeightGradConv2d(nn.Conv2d):
 
 
 def _eligible(m: nn.Module) -> bool:
-    """A plain undilated, ungrouped stride-1 `nn.Conv2d` with at least 32 input channels."""
+    """A plain undilated, ungrouped stride-1 `nn.Conv2d` with at least 32 input channels
+    (dilated and grouped convolutions gave other last bits through the NCHW path)."""
     return (
         type(m) is nn.Conv2d
         and m.in_channels >= MIN_CHANNELS
