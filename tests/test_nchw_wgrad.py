@@ -28,6 +28,20 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def _count_backwards(monkeypatch) -> list[tuple]:
+    """Record each call of the NCHW backward (the shape of its output gradient), so a test
+    knows the path really ran rather than the plain conv."""
+    calls: list[tuple] = []
+    real = nw._NCHWWeightGrad.backward
+
+    def spy(ctx, g):
+        calls.append(tuple(g.shape))
+        return real(ctx, g)
+
+    monkeypatch.setattr(nw._NCHWWeightGrad, "backward", staticmethod(spy))
+    return calls
+
+
 def _grads(conv: torch.nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
     x = x.detach().clone().requires_grad_()
     conv.zero_grad(set_to_none=True)
@@ -127,6 +141,7 @@ def test_a_training_run_gives_the_same_weights(tmp_path, monkeypatch) -> None:
     """seed-mnist on 96x96 images (its second conv sees 32 channels at 48x48), float32, with
     the lever forced on and without it: the same weights; config.json says which ran."""
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: True)
+    calls = _count_backwards(monkeypatch)
     ds = bars_dataset(30, 96)
 
     def run(out: str) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -140,16 +155,19 @@ def test_a_training_run_gives_the_same_weights(tmp_path, monkeypatch) -> None:
 
     weights, how = run("a")
     assert how.startswith("from NCHW copies for 1 convolution (")
+    assert calls and all(shape[1:] == (64, 48, 48) for shape in calls)  # block 2, every step
+    del calls[:]
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: False)  # the plain convs
     plain, how_plain = run("b")
-    assert how_plain is None
+    assert how_plain is None and not calls
     assert weights.keys() == plain.keys()
     for k in weights:
         _same(weights[k], plain[k])
 
 
-def test_grad_of_a_frozen_input_is_skipped() -> None:
+def test_grad_of_a_frozen_input_is_skipped(monkeypatch) -> None:
     """The first layer's input needs no gradient: only weight and bias are computed, as F.conv2d."""
+    calls = _count_backwards(monkeypatch)
     conv = torch.nn.Conv2d(32, 4, 3, padding=1).to(memory_format=CL)
     ref = torch.nn.Conv2d(32, 4, 3, padding=1).to(memory_format=CL)
     ref.load_state_dict(conv.state_dict())
@@ -157,5 +175,6 @@ def test_grad_of_a_frozen_input_is_skipped() -> None:
     x = torch.randn(2, 32, 48, 48).to(memory_format=CL)
     conv(x).sum().backward()
     F.conv2d(x, ref.weight, ref.bias, padding=1).sum().backward()
+    assert calls == [(2, 4, 48, 48)]
     _same(conv.weight.grad, ref.weight.grad)
     _same(conv.bias.grad, ref.bias.grad)

@@ -94,6 +94,18 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
+def switched_off(name: str) -> bool:
+    """True when the environment variable `name` is 0 / off / false / no: how cnnlab's
+    optional kernels (CNNLAB_FUSED_POOL, CNNLAB_NCHW_WGRAD) are turned off."""
+    return os.environ.get(name, "1").strip().lower() in {"0", "off", "false", "no"}
+
+
+def eager() -> bool:
+    """False while TorchScript scripts or traces, or torch.compile captures, a model: graphs
+    record ATen's ops, so cnnlab's hand-made autograd functions stay out of them."""
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt() parameters, glibc's malloc.h
 
 

@@ -17,22 +17,20 @@ Training swaps such convolutions in (`use_on_cpu`); `CNNLAB_NCHW_WGRAD=0` turns 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.runtime import cpu_flags
+from cnnlab.runtime import cpu_flags, eager, switched_off
 
 MIN_CHANNELS = 32  # input channels
-MIN_PIXELS = 48 * 48  # input height x width
+MIN_SIDE = 48  # inputs of at least MIN_SIDE x MIN_SIDE pixels
+MIN_PIXELS = MIN_SIDE * MIN_SIDE
 
 
 def enabled_by_env() -> bool:
     """False when `CNNLAB_NCHW_WGRAD` is 0 / off / false / no."""
-    value = os.environ.get("CNNLAB_NCHW_WGRAD", "1").strip().lower()
-    return value not in {"0", "off", "false", "no"}
+    return not switched_off("CNNLAB_NCHW_WGRAD")
 
 
 def cpu_lacks_avx512(flags: set[str] | None = None) -> bool:
@@ -80,10 +78,9 @@ def takes(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `x` through `conv` (a swapped, so eligible, conv) gets NCHW weight gradients:
     a channels_last float32 CPU batch of at least 48x48 pixels, in eager mode with gradients
     on and no autocast. Anything else runs the plain conv."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
     return (
-        torch.is_grad_enabled()
+        eager()
+        and torch.is_grad_enabled()
         and conv.weight.requires_grad
         and not torch.is_autocast_enabled("cpu")
         and x.device.type == "cpu"
@@ -177,5 +174,5 @@ def use_on_cpu(
     plural = "s" if swapped > 1 else ""
     return (
         f"from NCHW copies for {swapped} convolution{plural} (>= {MIN_CHANNELS} channels, "
-        "inputs of >= 48x48; AVX2 CPU without AVX-512)"
+        f"inputs of >= {MIN_SIDE}x{MIN_SIDE}; AVX2 CPU without AVX-512)"
     )

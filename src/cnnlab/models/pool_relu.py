@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.paths import cache_root
+from cnnlab.runtime import eager, switched_off
 
 SOURCE = Path(__file__).with_name("pool_relu.cpp")
 FLAG_SETS = (["-march=native"], [])  # this CPU's vector units first, then the compiler's default
@@ -39,12 +40,7 @@ DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 def enabled_by_env() -> bool:
     """False when `CNNLAB_FUSED_POOL` is 0 / off / false / no (ATen's kernels instead)."""
-    return os.environ.get("CNNLAB_FUSED_POOL", "1").strip().lower() not in {
-        "0",
-        "off",
-        "false",
-        "no",
-    }
+    return not switched_off("CNNLAB_FUSED_POOL")
 
 
 def _cpu_flags() -> str:
@@ -150,10 +146,9 @@ class _PoolReLUFunction(torch.autograd.Function):
 def kernel_applies(x: torch.Tensor) -> bool:
     """Whether the fused kernel can take `x`: a 4-D float32 / bf16 channels_last CPU tensor
     of at least 2x2, in eager mode, with the kernel built. Anything else runs ATen."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False  # graphs record ATen's ops (export, torch.compile)
     return (
-        x.device.type == "cpu"
+        eager()  # graphs record ATen's ops (export, torch.compile)
+        and x.device.type == "cpu"
         and x.dtype in DTYPES
         and x.dim() == 4
         and x.shape[2] >= 2
