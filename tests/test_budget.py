@@ -1,4 +1,4 @@
-"""--time-budget: a few steps timed on a copy, then the epochs cut to fit (cnnlab.train.budget).
+"""--time-budget: a few steps timed on a copy, then the epochs fitted (cnnlab.train.budget).
 
 The run a budget shapes must be exactly the run `--epochs N` gives: the timing copy may not
 draw from the run's random generators or touch its model and optimizer. In clock mode the
@@ -26,18 +26,21 @@ from cnnlab.cli.common import parse_duration
 from cnnlab.errors import CnnlabError
 from cnnlab.train import train
 from cnnlab.train.budget import (
+    EXTEND_FACTOR,
     PLAN_FACTOR,
     Clock,
     Timeline,
     budget_line,
     clock_line,
     clock_record,
-    cut_line,
     epochs_that_fit,
+    epochs_to_extend,
     epochs_within,
     final_epochs,
     planned_epochs,
-    replay_cuts,
+    recorded,
+    replan_line,
+    replay,
 )
 from cnnlab.train.presets import BEST_TIME_BUDGET, FAST_TIME_BUDGET, GOALS, preset_values
 from cnnlab.train.resume import resume_config
@@ -166,32 +169,124 @@ def test_epochs_that_fit_cuts_only_a_run_that_would_overrun(
         assert elapsed + (n + 1 - epoch) * epoch_s > budget
 
 
-def test_a_cut_timeline_carries_the_rate_on_and_anneals_it_at_the_new_end() -> None:
+def test_a_replanned_timeline_carries_the_rate_on_and_anneals_it_at_the_new_end() -> None:
     line = Timeline(600)  # 6 epochs of 100 steps planned
     assert [line.position(s) for s in (0, 250, 600)] == [0.0, 250.0, 600.0]
-    line.cut(100, 300)  # after epoch 1: 3 epochs in all
+    line.replan(100, 300)  # after epoch 1: 3 epochs in all
     assert line.position(100) == 100.0 and line.position(50) == 50.0  # the past unchanged
     assert line.position(200) == pytest.approx(350.0) and line.position(300) == 600.0
-    line.cut(200, 250)  # after step 200 again: to end at 250
+    line.replan(200, 250)  # after step 200 again: to end at 250
     assert line.position(150) == pytest.approx(225.0)  # as the first cut laid it
     assert line.position(200) == pytest.approx(350.0) and line.position(250) == 600.0
     rates = [lr_at(line.position(s), line.total, 0.1, "onecycle") for s in range(251)]
     assert rates[-1] == 0.0 and max(rates) == pytest.approx(0.1, rel=1e-3)
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(rates[120:]))
+    longer = Timeline(200)  # 2 epochs planned, lengthened to 6 after the first
+    longer.replan(100, 600)
+    assert longer.position(350) == pytest.approx(150.0) and longer.position(600) == 200.0
     # what config.json records replays to the same timeline (here: epochs of 50 steps)
     record = {
         "epochs": 12,
-        "cuts": [{"after_epoch": 2, "epochs": 6}, {"after_epoch": 4, "epochs": 5}],
+        "replans": [{"after_epoch": 2, "epochs": 6}, {"after_epoch": 4, "epochs": 5}],
     }
-    assert replay_cuts(record, 50) == line and final_epochs(record) == 5
+    assert replay(record, 50) == line and final_epochs(record) == 5
     assert final_epochs({"epochs": 12}) == 12
-    cut = {"after_epoch": 7, "elapsed_s": 106.1, "last_epoch_s": 38.5, "epochs": 18}
-    assert cut_line({"seconds": 540.0}, cut) == (
+    # a run recorded before runs could lengthen kept "cuts", without the epochs each replaced
+    old = {"epochs": 12, "cuts": [{"after_epoch": 2, "epochs": 6}, {"after_epoch": 4, "epochs": 5}]}
+    assert [r["planned"] for r in recorded(old)["replans"]] == [12, 6]
+    assert replay(recorded(old), 50) == line and "cuts" not in recorded(old)
+    cut = {"after_epoch": 7, "elapsed_s": 106.1, "last_epoch_s": 38.5, "planned": 30, "epochs": 18}
+    assert replan_line({"seconds": 540.0}, cut) == (
         "time budget 540 s: 106 s spent after epoch 7 (38.5 s the last); at that pace the plan "
         "would overrun, so 18 epochs in all, the learning rate annealed over them"
     )
-    spent = cut_line({"seconds": 540.0}, {**cut, "elapsed_s": 541.0, "epochs": 7})
+    spent = replan_line({"seconds": 540.0}, {**cut, "elapsed_s": 541.0, "epochs": 7})
     assert spent.endswith("the budget is spent, so training stops here (the rate not annealed)")
+    more = {**cut, "elapsed_s": 72.4, "after_epoch": 2, "mean_epoch_s": 36.2, "planned": 10}
+    assert replan_line({"seconds": 540.0}, {**more, "epochs": 13}) == (
+        "time budget 540 s: 72 s spent after epoch 2 (36.2 s an epoch), so 13 epochs in all fit "
+        "where 10 were planned (at 1.1x that pace), the learning rate laid out over them"
+    )
+
+
+@given(
+    budget=st.floats(1.0, 1e4, allow_subnormal=False),  # other tests set flush-to-zero
+    elapsed=st.floats(0.0, 1e4, allow_subnormal=False),
+    mean_s=st.floats(1e-2, 1e3, allow_subnormal=False),
+    epoch=st.integers(1, 100),
+    left=st.integers(0, 100),
+    room=st.integers(0, 100),
+)
+def test_epochs_to_extend_lengthens_only_into_time_left_over(
+    budget: float, elapsed: float, mean_s: float, epoch: int, left: int, room: int
+) -> None:
+    epochs, most = epoch + left, epoch + left + room
+    n = epochs_to_extend(budget, elapsed, mean_s, epoch, epochs, most)
+    assert epochs <= n <= most
+    if left == 0:
+        assert n == epochs  # the schedule has ended: nothing to lay out again
+    elif n > epochs:  # the added epochs fit at the margin; one more would not (or the recipe's)
+        assert elapsed + (n - epoch) * EXTEND_FACTOR * mean_s <= budget * (1 + 1e-12)
+        assert n == most or elapsed + (n + 1 - epoch) * EXTEND_FACTOR * mean_s > budget
+    else:
+        assert elapsed + (epochs + 1 - epoch) * EXTEND_FACTOR * mean_s > budget or most == epochs
+
+
+def test_a_run_planned_short_of_its_budget_is_lengthened_and_resumes_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every epoch takes 10 s on a fake clock; the plan (forced) is 2 of 6 epochs in 75 s, as a
+    probe that read slow would plan: after epoch 1 the run lengthens to 6 (1 + 65 // 11)."""
+    counter = itertools.count()
+    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
+    monkeypatch.setattr("cnnlab.train.run.time", fake)  # read twice an epoch: 10 s each
+    monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: 2)
+    kw = {"epochs": 6, "time_budget": 75.0, "schedule": "onecycle", "lr": 0.01}
+    run, lines = _run(tmp_path / "r", **kw)
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["epochs"] == 6
+    entry = record["time_budget"]
+    assert entry["epochs"] == 2 and entry["epochs_asked"] == 6  # the plan, then its re-plan
+    assert entry["replans"] == [
+        {
+            "after_epoch": 1,
+            "elapsed_s": 10.0,
+            "last_epoch_s": 10.0,
+            "mean_epoch_s": 10.0,
+            "planned": 2,
+            "epochs": 6,
+        }
+    ]
+    assert sum("so 6 epochs in all fit where 2 were planned" in line for line in lines) == 1
+    assert not any("--threads 1" in line for line in lines)  # no cut, no hint
+    with open(run / "history.csv") as f:
+        rates = [float(r["lr"]) for r in csv.DictReader(f)]
+    steps = 144 // 20  # bars: 144 training images, batch 20
+    ref = Timeline(2 * steps)
+    ref.replan(steps, 6 * steps)
+    assert len(rates) == 6
+    assert rates[-1] == pytest.approx(
+        lr_at(ref.position(6 * steps - 1), 2 * steps, 0.01, "onecycle")
+    )
+    assert rates[-1] < 0.05 * 0.01 and max(rates) > 0.5 * 0.01  # annealed at the new end
+
+    def stop_in_epoch_3(line: str) -> None:
+        if line.startswith("epoch 3/6"):
+            raise KeyboardInterrupt
+
+    counter = itertools.count()
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(tmp_path / "part", log=stop_in_epoch_3, **kw)
+    counter = itertools.count()  # the resumed process's clock starts afresh
+    part = tmp_path / "part"
+    train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
+    resumed = json.loads((part / "config.json").read_text())
+    assert (
+        resumed["config"]["epochs"] == 6 and resumed["time_budget"]["replans"] == entry["replans"]
+    )
+    a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule(
@@ -209,8 +304,15 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
     assert record["config"]["epochs"] == 3
     entry = record["time_budget"]
     assert entry["epochs"] == entry["epochs_asked"] == 6  # the plan, then its cut
-    assert entry["cuts"] == [
-        {"after_epoch": 1, "elapsed_s": 10.0, "last_epoch_s": 10.0, "epochs": 3}
+    assert entry["replans"] == [
+        {
+            "after_epoch": 1,
+            "elapsed_s": 10.0,
+            "last_epoch_s": 10.0,
+            "mean_epoch_s": 10.0,
+            "planned": 6,
+            "epochs": 3,
+        }
     ]
     assert sum("so 3 epochs in all" in line for line in lines) == 1
     if torch.get_num_threads() > 1:  # the hint for a machine whose cores are taken
@@ -220,7 +322,7 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
     assert len(rows) == 3
     steps = 144 // 20  # bars: 144 training images, batch 20
     ref = Timeline(6 * steps)
-    ref.cut(steps, 3 * steps)
+    ref.replan(steps, 3 * steps)
     assert float(rows[-1]["lr"]) == pytest.approx(
         lr_at(ref.position(3 * steps - 1), 6 * steps, 0.01, "onecycle")
     )
@@ -238,7 +340,9 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
     part = tmp_path / "part"
     train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
     resumed = json.loads((part / "config.json").read_text())
-    assert resumed["config"]["epochs"] == 3 and resumed["time_budget"]["cuts"] == entry["cuts"]
+    assert (
+        resumed["config"]["epochs"] == 3 and resumed["time_budget"]["replans"] == entry["replans"]
+    )
     a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -253,7 +357,7 @@ def test_a_run_whose_budget_is_spent_stops_after_the_epoch(
     monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: most)
     run, lines = _run(tmp_path / "r", epochs=3, time_budget=5.0, schedule="onecycle")
     record = json.loads((run / "config.json").read_text())
-    assert record["config"]["epochs"] == 1 and record["time_budget"]["cuts"][0]["epochs"] == 1
+    assert record["config"]["epochs"] == 1 and record["time_budget"]["replans"][0]["epochs"] == 1
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
     assert any("the budget is spent, so training stops here" in line for line in lines)
     assert (run / "model.safetensors").is_file()

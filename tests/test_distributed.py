@@ -76,7 +76,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     assert r.stdout.count("run folder:") == 1  # rank 0 reports
     assert r.stderr.count("epoch 1/2:") == 1 and "2 processes (gloo)" in r.stderr
     budget = json.loads((ddp / "config.json").read_text())["time_budget"]
-    assert budget["epochs"] == 2 and "cuts" not in budget
+    assert budget["epochs"] == 2 and "replans" not in budget
 
     # only rank 0 wrote into the run folder, and it wrote a complete one
     def written(rank: int) -> set[str]:

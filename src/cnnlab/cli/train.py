@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab train --data neu --preset best --out runs/neu-best\n"
         "  cnnlab train --data my_defects/ --preset best      # model, size, augmentation chosen\n"
         "  cnnlab train --data mnist --preset fast              # 99% in seconds, see README\n"
-        "  cnnlab train --data mnist --preset best --time-budget 5m   # epochs cut to fit\n"
+        "  cnnlab train --data mnist --preset best --time-budget 5m   # epochs fitted to it\n"
         "  cnnlab train --data mnist --preset fast --time-budget 5s   # schedule on the clock\n"
         "  cnnlab train --data my_images/ --model seed-neu --val-split 0.1 --patience 3 \\\n"
         "      --class-weights auto --image-size 128x128\n"
@@ -114,14 +114,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=parse_duration,
         metavar="DURATION",
         help="train at most about this long (600, 600s, 10m, 1.5h): a few steps are timed "
-        "first and the epochs cut to fit (--preset best for MNIST / NEU: 9m); 0 = no limit",
+        "first and the epochs fitted to it, then re-planned after each epoch from the real "
+        "pace (--preset best for MNIST / NEU: 9m); 0 = no limit",
     )
     p.add_argument(
         "--budget-mode",
         choices=("plan", "clock"),
         help="how --time-budget is kept: plan = whole epochs chosen from a few timed steps "
-        "(default; the run equals --epochs N); clock = the learning rate follows the time "
-        "spent and training stops when it is up, mid-epoch if need be (--preset fast)",
+        "(default; the run equals --epochs N unless re-planned); clock = the learning rate "
+        "follows the time spent and training stops when it is up, mid-epoch if need be "
+        "(--preset fast)",
     )
     p.add_argument(
         "--select",

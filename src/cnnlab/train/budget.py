@@ -8,12 +8,14 @@ one-cycle schedule is laid out over the epochs chosen. The run itself is then ex
 run `--epochs N` gives (the copy draws no random numbers from the run's generators), and
 `config.json` records N and the measurement.
 
-The plan is also checked after every epoch: when the epochs left, at the pace of the one
-just run, would overrun the budget (a machine that slowed down, another job on the cores),
-the run is cut to the epochs that still fit (`epochs_that_fit`) and the rest of the one-cycle
-schedule is laid over them (`Timeline`), so the learning rate still anneals to zero at the
-new last step. A machine that keeps the pace it was planned at is never cut; config.json
-records each cut.
+The plan is also checked after every epoch, both ways. When the epochs left, at the pace of
+the one just run, would overrun the budget (a machine that slowed down, another job on the
+cores), the run is cut to the epochs that still fit (`epochs_that_fit`). When the probe read
+slow and more of the recipe's epochs now fit at EXTEND_FACTOR x the mean epoch so far, the run
+is lengthened to them (`epochs_to_extend`). Either way the rest of the one-cycle schedule is
+laid over the new epochs (`Timeline`), so the learning rate carries on from its value and
+anneals to zero at the new last step. A run whose plan matches its pace is never re-planned
+(then it is exactly the `--epochs N` run); config.json records each re-plan.
 
 `--budget-mode clock` (the `fast` preset: 99% in 10 s) skips the probe, whose seconds and
 safety factor a budget of a few seconds cannot afford: the learning rate follows the larger
@@ -47,6 +49,9 @@ MAX_TIMED_STEPS = 64
 # followed (6 `best` runs, README): runs are planned at 1.25 x the reading, so a limit like the
 # issue's 10 minutes holds; the price is fewer epochs when the probe reads slow.
 PLAN_FACTOR = 1.25
+# After real epochs the pace is known better than the probe's: a run lengthens to the epochs
+# that fit at 1.1 x the mean epoch so far (the per-epoch check still cuts it if it slows).
+EXTEND_FACTOR = 1.1
 VAL_PROBE = 256  # validation images timed (scaled up to the split's size)
 BUDGET_MODES = ("plan", "clock")
 
@@ -123,57 +128,85 @@ def epochs_that_fit(
     return epoch + max(1, min(epochs - epoch, more))
 
 
+def epochs_to_extend(
+    budget_s: float, elapsed_s: float, mean_epoch_s: float, epoch: int, epochs: int, most: int
+) -> int:
+    """The run's epochs after `epoch` of `epochs` took `elapsed_s` (`mean_epoch_s` each): more,
+    up to `most` (the recipe's), when they fit `budget_s` at EXTEND_FACTOR x that mean, i.e. the
+    probe read slow; else `epochs`. Not after the last epoch: its schedule has ended."""
+    if epoch >= epochs or epochs >= most or not mean_epoch_s > 0:
+        return epochs
+    fit = epoch + _how_many(max(budget_s - elapsed_s, 0.0), EXTEND_FACTOR * mean_epoch_s)
+    return max(epochs, min(most, fit))
+
+
 @dataclass
 class Timeline:
-    """Where in the planned schedule a step stands, after cuts to fewer epochs.
+    """Where in the planned schedule a step stands, after re-plans to fewer or more epochs.
 
-    The schedule is laid out over `total` steps. A cut at step `at` to a new last step `end`
-    maps the steps from `at` to `end` linearly onto the rest of the schedule, from wherever
-    `at` stood to `total`: the learning rate carries on from its value and reaches the
-    schedule's end (zero, for one-cycle) at `end`. With no cut, a step stands at itself.
+    The schedule is laid out over `total` steps. A re-plan at step `at` to a new last step
+    `end` maps the steps from `at` to `end` linearly onto the rest of the schedule, from
+    wherever `at` stood to `total`: the learning rate carries on from its value and reaches the
+    schedule's end (zero, for one-cycle) at `end`. With no re-plan, a step stands at itself.
     """
 
     total: int
-    cuts: list[tuple[int, float, int]] = field(default_factory=list)  # (at, position, end)
+    replans: list[tuple[int, float, int]] = field(default_factory=list)  # (at, position, end)
 
     def position(self, step: float) -> float:
         """The schedule position of `step` (a float step of `total`)."""
-        if not self.cuts:
+        if not self.replans:
             return float(step)
-        at, pos, end = self.cuts[-1]
-        if step < at:  # before the last cut: as the earlier cuts placed it
-            return Timeline(self.total, self.cuts[:-1]).position(step)
+        at, pos, end = self.replans[-1]
+        if step < at:  # before the last re-plan: as the earlier ones placed it
+            return Timeline(self.total, self.replans[:-1]).position(step)
         return min(float(self.total), pos + (step - at) * (self.total - pos) / max(end - at, 1))
 
-    def cut(self, at: int, end: int) -> None:
+    def replan(self, at: int, end: int) -> None:
         """From step `at` on, finish the schedule at step `end` instead."""
-        self.cuts.append((at, self.position(at), end))
+        self.replans.append((at, self.position(at), end))
 
 
-def replay_cuts(record: dict[str, Any], steps_per_epoch: int) -> Timeline:
-    """The Timeline of a recorded budget ("epochs" planned, then its "cuts")."""
+def recorded(record: dict[str, Any]) -> dict[str, Any]:
+    """A budget as config.json recorded it, in today's terms: runs recorded before a run could
+    lengthen kept their re-plans as "cuts", without the epochs each one replaced."""
+    if "cuts" not in record:
+        return record
+    record, planned = dict(record), record["epochs"]
+    record["replans"] = []
+    for c in record.pop("cuts"):
+        record["replans"].append({**c, "planned": planned})
+        planned = c["epochs"]
+    return record
+
+
+def replay(record: dict[str, Any], steps_per_epoch: int) -> Timeline:
+    """The Timeline of a recorded budget ("epochs" planned, then its "replans")."""
     line = Timeline(record["epochs"] * steps_per_epoch)
-    for c in record.get("cuts", []):
-        line.cut(c["after_epoch"] * steps_per_epoch, c["epochs"] * steps_per_epoch)
+    for c in record.get("replans", []):
+        line.replan(c["after_epoch"] * steps_per_epoch, c["epochs"] * steps_per_epoch)
     return line
 
 
 def final_epochs(record: dict[str, Any]) -> int:
-    """The epochs a planned budget ends with: the last cut's, or the plan's."""
-    cuts = record.get("cuts") or [record]
-    return int(cuts[-1]["epochs"])
+    """The epochs a planned budget ends with: the last re-plan's, or the plan's."""
+    return int((record.get("replans") or [record])[-1]["epochs"])
 
 
-def cut_line(record: dict[str, Any], cut: dict[str, Any]) -> str:
-    """One line for the log: why the run was cut and to how many epochs."""
-    head = (
-        f"time budget {record['seconds']:g} s: {cut['elapsed_s']:.0f} s spent after epoch "
-        f"{cut['after_epoch']} ({cut['last_epoch_s']:.1f} s the last); "
-    )
-    if cut["epochs"] <= cut["after_epoch"]:
+def replan_line(record: dict[str, Any], entry: dict[str, Any]) -> str:
+    """One line for the log: why the run was cut or lengthened, and to how many epochs."""
+    head = f"time budget {record['seconds']:g} s: {entry['elapsed_s']:.0f} s spent after epoch "
+    if entry["epochs"] > entry["planned"]:
+        return (
+            head + f"{entry['after_epoch']} ({entry['mean_epoch_s']:.1f} s an epoch), so "
+            f"{entry['epochs']} epochs in all fit where {entry['planned']} were planned (at "
+            f"{EXTEND_FACTOR:g}x that pace), the learning rate laid out over them"
+        )
+    head += f"{entry['after_epoch']} ({entry['last_epoch_s']:.1f} s the last); "
+    if entry["epochs"] <= entry["after_epoch"]:
         return head + "the budget is spent, so training stops here (the rate not annealed)"
     return (
-        head + f"at that pace the plan would overrun, so {cut['epochs']} epochs in all, the "
+        head + f"at that pace the plan would overrun, so {entry['epochs']} epochs in all, the "
         "learning rate annealed over them"
     )
 

@@ -42,11 +42,13 @@ from cnnlab.train.budget import (
     budget_record,
     clock_line,
     clock_record,
-    cut_line,
     epochs_that_fit,
+    epochs_to_extend,
     final_epochs,
     planned_epochs,
-    replay_cuts,
+    recorded,
+    replan_line,
+    replay,
     seconds_per_epoch,
 )
 from cnnlab.train.checkpoint import (
@@ -453,10 +455,10 @@ def train(
     net, model = model, distributed.wrap(model, world)  # net: the plain module, for saving
 
     total_steps = steps_per_epoch * cfg.epochs
-    # a planned budget is checked after every epoch and may cut the run (budget.py); not when
-    # a resumed run was given other epochs than the plan's (--epochs N extends it on purpose)
+    # a planned budget is checked after every epoch and may cut or lengthen the run (budget.py);
+    # not when a resumed run was given other epochs than the plan's (--epochs N, on purpose)
     guard = clock is None and budget is not None and final_epochs(budget) == cfg.epochs
-    timeline = replay_cuts(budget, steps_per_epoch) if guard else Timeline(total_steps)
+    timeline = replay(budget, steps_per_epoch) if guard else Timeline(total_steps)
 
     def schedule(step: int) -> float:
         if clock is None:
@@ -478,7 +480,7 @@ def train(
     stopped = False
     steps_run = 0
     epoch = state.epoch
-    while epoch < cfg.epochs:  # a budget's cut may lower cfg.epochs on the way
+    while epoch < cfg.epochs:  # a budget's re-plan may change cfg.epochs on the way
         epoch += 1
         if clock is not None and clock.up():  # spent in the last epoch's validation pass
             break
@@ -547,10 +549,12 @@ def train(
             break
         if guard:
             cfg = _check_budget(cfg, budget, history, timeline, steps_per_epoch, world, log)
-            if cfg.epochs < config_record["config"]["epochs"]:
+            if cfg.epochs != config_record["config"]["epochs"]:
+                cuts = sum(r["epochs"] < r["planned"] for r in budget["replans"])
+                first_cut = cfg.epochs < config_record["config"]["epochs"] and cuts == 1
                 config_record["config"]["epochs"] = cfg.epochs
                 config_record["time_budget"] = budget
-                if len(budget["cuts"]) == 1 and rt.threads > 1 and rt.device.type == "cpu":
+                if first_cut and rt.threads > 1 and rt.device.type == "cpu":
                     log(
                         f"note: if other programs keep this machine's cores busy, --threads 1 "
                         f"trains faster beside them than {rt.threads} threads (README, "
@@ -612,7 +616,7 @@ def _recorded_budget(run_dir: Path) -> dict[str, Any] | None:
         entry = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("time_budget")
     except (OSError, ValueError, AttributeError):
         return None
-    return entry if isinstance(entry, dict) else None
+    return recorded(entry) if isinstance(entry, dict) else None
 
 
 def _write_start(
@@ -634,31 +638,39 @@ def _check_budget(
     world: Any,
     log: Callable[[str], None],
 ) -> TrainConfig:
-    """After an epoch: cfg, with fewer epochs and `timeline` and `budget` cut, when the epochs
-    left would overrun the budget at the last epoch's pace (budget.epochs_that_fit)."""
+    """After an epoch: cfg, with `timeline` and `budget` re-planned to fewer epochs when the
+    epochs left would overrun the budget at the last epoch's pace (budget.epochs_that_fit), or
+    to more of the recipe's when they fit at the mean pace so far (budget.epochs_to_extend)."""
     elapsed = sum(r["seconds"] for r in history)
     last = history[-1]["seconds"]
-    if world is not None:  # every rank must cut alike: the mean of their clocks
+    if world is not None:  # every rank must re-plan alike: the mean of their clocks
         both = torch.tensor([elapsed, last], dtype=torch.float64)
         elapsed, last = (world.all_reduce_sum(both) / world.size).tolist()
     epoch = history[-1]["epoch"]
     n = epochs_that_fit(cfg.time_budget, elapsed, last, epoch, cfg.epochs)
-    if n >= cfg.epochs:
+    mean = elapsed / len(history)
+    if n == cfg.epochs:
+        n = epochs_to_extend(
+            cfg.time_budget, elapsed, mean, epoch, cfg.epochs, budget["epochs_asked"]
+        )
+    if n == cfg.epochs:
         return cfg
-    timeline.cut(epoch * steps_per_epoch, n * steps_per_epoch)
-    cut = {
+    timeline.replan(epoch * steps_per_epoch, n * steps_per_epoch)
+    entry = {
         "after_epoch": epoch,
         "elapsed_s": round(elapsed, 3),
         "last_epoch_s": round(last, 3),
+        "mean_epoch_s": round(mean, 3),
+        "planned": cfg.epochs,
         "epochs": n,
     }
-    budget.setdefault("cuts", []).append(cut)
-    log(cut_line(budget, cut))
+    budget.setdefault("replans", []).append(entry)
+    log(replan_line(budget, entry))
     return dataclasses.replace(cfg, epochs=n)
 
 
 def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
-    """config.json again, after a budget's cut (the epochs and the cut recorded)."""
+    """config.json again, after a budget's re-plan (the epochs and the re-plan recorded)."""
     with guarded_writes(run_dir):
         write_json(run_dir / "config.json", record)
 
