@@ -220,16 +220,16 @@ def test_a_replanned_timeline_carries_the_rate_on_and_anneals_it_at_the_new_end(
 def test_epochs_to_extend_lengthens_only_into_time_left_over(
     budget: float, elapsed: float, mean_s: float, epoch: int, left: int, room: int
 ) -> None:
-    epochs, most = epoch + left, epoch + left + room
+    epochs, most, close = epoch + left, epoch + left + room, 1 - 1e-12
     n = epochs_to_extend(budget, elapsed, mean_s, epoch, epochs, most)
     assert epochs <= n <= most
-    if left == 0:
-        assert n == epochs  # the schedule has ended: nothing to lay out again
+    if left == 0 or room == 0:
+        assert n == epochs  # the schedule has ended, or the recipe's epochs are all planned
     elif n > epochs:  # the added epochs fit at the margin; one more would not (or the recipe's)
         assert elapsed + (n - epoch) * EXTEND_FACTOR * mean_s <= budget * (1 + 1e-12)
-        assert n == most or elapsed + (n + 1 - epoch) * EXTEND_FACTOR * mean_s > budget
-    else:
-        assert elapsed + (epochs + 1 - epoch) * EXTEND_FACTOR * mean_s > budget or most == epochs
+        assert n == most or elapsed + (n + 1 - epoch) * EXTEND_FACTOR * mean_s > budget * close
+    else:  # not one more fits (`close`: the sums round differently from the code's division)
+        assert elapsed + (epochs + 1 - epoch) * EXTEND_FACTOR * mean_s > budget * close
 
 
 def test_a_run_planned_short_of_its_budget_is_lengthened_and_resumes_alike(
