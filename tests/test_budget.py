@@ -232,14 +232,51 @@ def test_epochs_to_extend_lengthens_only_into_time_left_over(
         assert elapsed + (epochs + 1 - epoch) * EXTEND_FACTOR * mean_s > budget * close
 
 
+class _TenSecondEpochs:
+    """cnnlab.train.run's clock, faked: read twice an epoch, 10 s apart; `restart()` starts it
+    afresh, as a resumed process's clock does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.restart()
+        monkeypatch.setattr("cnnlab.train.run.time", self)
+
+    def restart(self) -> None:
+        self.counter = itertools.count()
+
+    def perf_counter(self) -> float:
+        return next(self.counter) * 10.0
+
+
+def _interrupted_and_resumed_alike(
+    tmp_path: Path, clock: _TenSecondEpochs, run: Path, stop_at: str, **kw
+) -> None:
+    """The run of `kw` stopped by an error at the log line `stop_at`, then resumed: the same
+    epochs, re-plans and weights as the uninterrupted `run`."""
+
+    def stop(line: str) -> None:
+        if line.startswith(stop_at):
+            raise KeyboardInterrupt
+
+    clock.restart()
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(part, log=stop, **kw)
+    clock.restart()
+    train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
+    whole, resumed = (json.loads((d / "config.json").read_text()) for d in (run, part))
+    assert resumed["config"]["epochs"] == whole["config"]["epochs"]
+    assert resumed["time_budget"]["replans"] == whole["time_budget"]["replans"]
+    a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_a_run_planned_short_of_its_budget_is_lengthened_and_resumes_alike(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every epoch takes 10 s on a fake clock; the plan (forced) is 2 of 6 epochs in 75 s, as a
     probe that read slow would plan: after epoch 1 the run lengthens to 6 (1 + 65 // 11)."""
-    counter = itertools.count()
-    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
-    monkeypatch.setattr("cnnlab.train.run.time", fake)  # read twice an epoch: 10 s each
+    clock = _TenSecondEpochs(monkeypatch)
     monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: 2)
     kw = {"epochs": 6, "time_budget": 75.0, "schedule": "onecycle", "lr": 0.01}
     run, lines = _run(tmp_path / "r", **kw)
@@ -270,23 +307,7 @@ def test_a_run_planned_short_of_its_budget_is_lengthened_and_resumes_alike(
     )
     assert rates[-1] < 0.05 * 0.01 and max(rates) > 0.5 * 0.01  # annealed at the new end
 
-    def stop_in_epoch_3(line: str) -> None:
-        if line.startswith("epoch 3/6"):
-            raise KeyboardInterrupt
-
-    counter = itertools.count()
-    with pytest.raises(KeyboardInterrupt):
-        train_tiny_run(tmp_path / "part", log=stop_in_epoch_3, **kw)
-    counter = itertools.count()  # the resumed process's clock starts afresh
-    part = tmp_path / "part"
-    train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
-    resumed = json.loads((part / "config.json").read_text())
-    assert (
-        resumed["config"]["epochs"] == 6 and resumed["time_budget"]["replans"] == entry["replans"]
-    )
-    a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _interrupted_and_resumed_alike(tmp_path, clock, run, "epoch 3/6", **kw)
 
 
 def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule(
@@ -294,9 +315,7 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
 ) -> None:
     """Every epoch takes 10 s on a fake clock; the plan (forced) is 6 epochs in 35 s: after
     epoch 1 the run is cut to 3, and the rate reaches ~0 at the end of epoch 3."""
-    counter = itertools.count()
-    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
-    monkeypatch.setattr("cnnlab.train.run.time", fake)  # read twice an epoch: 10 s each
+    clock = _TenSecondEpochs(monkeypatch)
     monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: most)
     kw = {"epochs": 6, "time_budget": 35.0, "schedule": "onecycle", "lr": 0.01}
     run, lines = _run(tmp_path / "r", **kw)
@@ -329,31 +348,13 @@ def test_a_run_that_falls_behind_its_plan_is_cut_and_resumes_on_the_cut_schedule
     assert float(rows[-1]["lr"]) < 0.05 * 0.01 < lr_at(3 * steps - 1, 6 * steps, 0.01, "onecycle")
 
     # the same run stopped after epoch 1 (an error in epoch 2) and resumed: the same weights
-    def stop_in_epoch_2(line: str) -> None:
-        if line.startswith("epoch 2/3"):
-            raise KeyboardInterrupt
-
-    counter = itertools.count()
-    with pytest.raises(KeyboardInterrupt):
-        train_tiny_run(tmp_path / "part", log=stop_in_epoch_2, **kw)
-    counter = itertools.count()  # the resumed process's clock starts afresh
-    part = tmp_path / "part"
-    train(resume_config(part), bars_dataset(), progress=False, log=lambda _m: None, resume=True)
-    resumed = json.loads((part / "config.json").read_text())
-    assert (
-        resumed["config"]["epochs"] == 3 and resumed["time_budget"]["replans"] == entry["replans"]
-    )
-    a, b = load_file(run / "model.safetensors"), load_file(part / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _interrupted_and_resumed_alike(tmp_path, clock, run, "epoch 2/3", **kw)
 
 
 def test_a_run_whose_budget_is_spent_stops_after_the_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counter = itertools.count()
-    fake = type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(counter) * 10.0)})
-    monkeypatch.setattr("cnnlab.train.run.time", fake)  # 10 s an epoch, 5 s of budget
+    _TenSecondEpochs(monkeypatch)  # 10 s an epoch, 5 s of budget
     monkeypatch.setattr("cnnlab.train.run.planned_epochs", lambda _b, _t, most: most)
     run, lines = _run(tmp_path / "r", epochs=3, time_budget=5.0, schedule="onecycle")
     record = json.loads((run / "config.json").read_text())
