@@ -550,10 +550,10 @@ def train(
         if guard:
             cfg = _check_budget(cfg, budget, history, timeline, steps_per_epoch, world, log)
             if cfg.epochs != config_record["config"]["epochs"]:
-                cuts = sum(r["epochs"] < r["planned"] for r in budget["replans"])
-                first_cut = cfg.epochs < config_record["config"]["epochs"] and cuts == 1
                 config_record["config"]["epochs"] = cfg.epochs
                 config_record["time_budget"] = budget
+                cuts = [r for r in budget["replans"] if r["epochs"] < r["planned"]]
+                first_cut = cuts == budget["replans"][-1:] and len(cuts) == 1  # this re-plan
                 if first_cut and rt.threads > 1 and rt.device.type == "cpu":
                     log(
                         f"note: if other programs keep this machine's cores busy, --threads 1 "
