@@ -10,9 +10,12 @@ largest |logit| difference between the two on those images.
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/neu-s0 --data neu --rounds 3
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/mnist-s0 --data mnist --threads 1
     .venv/bin/python benchmarks/bench_backends.py /tmp/tr/neu-s0 --data neu --aten-pool
+    python3 benchmarks/bench_backends.py /tmp/runs/neu-best --data neu --device cuda
 
 `--aten-pool` adds a third contestant, `torch-aten`: the PyTorch predictor with ATen's
 max-pool and ReLU instead of cnnlab's fused kernel (`cnnlab.models.pool_relu`).
+`--device cuda` runs the PyTorch predictor on the GPU (logits come back to the CPU each call,
+as `predict` and `serve` need them); onnxruntime stays on the CPU.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="CPU threads per backend (default: physical cores)")
     p.add_argument("--out", help="write the JSON result here")
     p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="the PyTorch predictor's (cpu)"
+    )
+    p.add_argument(
         "--aten-pool", action="store_true", help="also time torch with ATen's max-pool + ReLU"
     )
     args = p.parse_args()
@@ -65,12 +71,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = args.onnx or export_model(args.model, Path(tmp) / "m.onnx", n_check=8)["path"]
         backends = {
-            "torch": load_predictor(args.model, device="cpu", threads=args.threads),
+            "torch": load_predictor(args.model, device=args.device, threads=args.threads),
             "onnxruntime": load_predictor(onnx_file, threads=args.threads),
         }
         if args.aten_pool:
             backends["torch-aten"] = TorchPredictor(
-                args.model, device="cpu", threads=args.threads, fuse_pool=False
+                args.model, device=args.device, threads=args.threads, fuse_pool=False
             )
         meta = backends["torch"].meta
         batch = real_images(args.data, meta, args.batch)
@@ -105,6 +111,8 @@ def main() -> None:
         "model": args.model,
         "architecture": meta.get("architecture"),
         "batch": args.batch,
+        "torch_device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "threads": torch.get_num_threads(),
         "max_abs_diff_logits": float(diff.max()),
         "pool_relu": backends["torch"].pool_relu,  # type: ignore[attr-defined]
@@ -124,6 +132,7 @@ def main() -> None:
     }
     print(
         f"{meta.get('architecture')}: batch {args.batch}, {result['threads']} thread(s), "
+        f"torch on {result['gpu'] or 'the CPU'}, "
         f"max |logit diff| {diff.max():.3g}; max-pool + ReLU: {result['pool_relu']}"
         + ("" if same is None else f"; torch == torch-aten bit for bit: {same}")
     )

@@ -5,6 +5,7 @@ No TensorFlow and no timed assertions here: the benchmark itself is run by hand.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import importlib.util
 import json
@@ -465,3 +466,31 @@ def test_ensemble_check_rows_by_hand() -> None:
         {"runs": ["B"], "errors": ["a.png"]},
         {"runs": ["A", "B"], "errors": []},  # means 0.65 / 0.35 / 0.25: all right
     ]
+
+
+def test_bench_cuda_step_graph_step_run_eagerly_trains_as_the_engine_does() -> None:
+    """bench_cuda_step's GraphedStep without the capture (CPU): the warm-up that capture
+    needs is undone, the fixed buffers carry each batch, and the epoch equals the engine's."""
+    from cnnlab.models import create_model
+    from cnnlab.runtime import setup
+    from cnnlab.train.engine import train_one_epoch
+
+    cuda_step = _load("bench_cuda_step")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (200,), generator=gen)
+    rt = setup("cpu", bf16=False)
+    torch.manual_seed(0)
+    start = rt.place(create_model("seed-mnist"))
+    a, b = copy.deepcopy(start), copy.deepcopy(start)
+    want = train_one_epoch(
+        a, images, labels, optimizer=cuda_step.adam(a, capturable=False), batch_size=50,
+        generator=torch.Generator().manual_seed(1), runtime=rt,
+    )  # fmt: skip
+    step = cuda_step.GraphedStep(b, cuda_step.adam(b, capturable=True), (50, 1, 28, 28),
+                                 capture=False)  # fmt: skip
+    got = cuda_step.graph_epoch(step, images, labels, 50, torch.Generator().manual_seed(1))
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert got["accuracy"] == want["accuracy"]
+    for p0, pa, pb in zip(start.parameters(), a.parameters(), b.parameters(), strict=True):
+        assert cuda_step.rel_err(pb - p0, pa - p0) < 1e-4  # Adam's updates, 4 steps
