@@ -37,8 +37,8 @@ from torch import nn
 from cnnlab.models import create_model, model_kwargs
 from cnnlab.runtime import setup
 from cnnlab.train.engine import PIXEL_SCALE, train_one_epoch
+from cnnlab.train.run import ADAM_EPS  # the notes' (Keras) Adam epsilon
 
-ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
 VARIANTS = ("eager", "graph", "eager-bf16", "graph-bf16")
 
 

@@ -39,8 +39,8 @@ from cnnlab.models import create_model, model_info, nchw_wgrad
 from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
+from cnnlab.train.run import ADAM_EPS  # the notes' (Keras) Adam epsilon
 
-ADAM_EPS = 1e-7  # the notes' (Keras) Adam epsilon, as cnnlab trains
 VARIANTS = (
     "cnnlab",
     "aten-pool",

@@ -102,8 +102,8 @@ def test_augmentation_on_the_gpu_draws_and_computes_what_the_cpu_does(name: str)
 
 def test_sgd_steps_on_cuda_follow_the_cpu_steps() -> None:
     """The engine's epoch on each device from the same weights and the same batch order."""
-    images = bars_dataset(120, 16).images[:80]
-    labels = bars_dataset(120, 16).labels[:80]
+    ds = bars_dataset(120, 16)
+    images, labels = ds.images[:80], ds.labels[:80]
     torch.manual_seed(0)
     start = create_model("seed-mnist", num_classes=3, image_size=(16, 16))
     out = {}
@@ -191,7 +191,7 @@ def test_a_run_resumes_on_the_other_device(tmp_path: Path, first: str, then: str
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 4
     assert _record(run, "config.json")["runtime"]["device"].startswith(then)
-    assert any(then in m for m in logs)
+    assert any(f"augment digits, {then}, " in m for m in logs)  # the run's "training ..." line
     assert _record(run, "metrics.json")["test"]["accuracy"] >= 0.6
 
 
