@@ -2,9 +2,11 @@
 
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
 changed: `aten-pool` (ATen's max-pool and ReLU instead of cnnlab's fused kernel,
-cnnlab.models.pool_relu), `nhwc-wgrad` (oneDNN's weight gradients on the channels_last
-tensors instead of cnnlab's NCHW copies, cnnlab.models.nchw_wgrad; the same model on CPUs
-where that lever does not apply), `nchw` (contiguous NCHW instead of channels_last), `relu-first`
+cnnlab.models.pool_relu), `aten-conv` (the fused pairs, but the first block's 1-channel
+convolution in ATen rather than fused with its pool and ReLU), `nhwc-wgrad` (oneDNN's
+weight gradients on the channels_last tensors instead of cnnlab's NCHW copies,
+cnnlab.models.nchw_wgrad; the same model on CPUs where that lever does not apply), `nchw`
+(contiguous NCHW instead of channels_last), `relu-first`
 (the notes' conv -> ReLU -> pool order instead of cnnlab's pool -> ReLU, the same
 function), `fp32` (no bf16 autocast) and `bf16` (bf16 autocast); one of the last two is
 `cnnlab` itself, which trains in bf16 only where a bf16 convolution measured faster
@@ -22,6 +24,8 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
     .venv/bin/python benchmarks/bench_levers.py --variants cnnlab stem-fp32 1-thread
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 400 \
         --variants cnnlab aten-pool
+    .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 50 --rounds 40 \
+        --variants cnnlab aten-conv
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 50 --rounds 60 \
         --variants cnnlab nhwc-wgrad                                 # single steps alternating
 """
@@ -29,8 +33,10 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from unittest import mock
 
 import torch
 from torch import nn
@@ -44,6 +50,7 @@ from cnnlab.train.run import ADAM_EPS  # the notes' (Keras) Adam epsilon
 VARIANTS = (
     "cnnlab",
     "aten-pool",
+    "aten-conv",
     "nhwc-wgrad",
     "nchw",
     "relu-first",
@@ -95,7 +102,9 @@ def build(variant: str, name: str) -> tuple:
         model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
     if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
-        fuse_on_cpu(model, rt.device)
+        conv = {"CNNLAB_FUSED_CONV": "0"} if variant == "aten-conv" else {}
+        with mock.patch.dict(os.environ, conv):  # the 1-channel conv fused too, unless aten-conv
+            fuse_on_cpu(model, rt.device)
     if variant != "nhwc-wgrad":  # weight gradients from NCHW copies (models/nchw_wgrad.py)
         info = model_info(name)
         nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype, (info.in_channels, *info.image_size))
@@ -113,10 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS[:6]),
+        default=list(VARIANTS[:7]),
         choices=VARIANTS,
-        help="default: cnnlab aten-pool nhwc-wgrad nchw relu-first fp32 (compile takes about 30 s "
-        "to compile)",
+        help="default: cnnlab aten-pool aten-conv nhwc-wgrad nchw relu-first fp32 (compile takes "
+        "about 30 s to compile)",
     )
     args = p.parse_args(argv)
 

@@ -407,18 +407,21 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     levers.main(["--images", "50", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
-    for v in ("cnnlab", "aten-pool", "nhwc-wgrad", "nchw", "relu-first", "fp32"):
+    for v in ("cnnlab", "aten-pool", "aten-conv", "nhwc-wgrad", "nchw", "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
-    assert out.count("cnnlab / this =") == 5
-    # cnnlab trains with the fused max-pool + ReLU where the kernel builds; aten-pool without
-    from cnnlab.models.pool_relu import PoolReLU, load_kernel
+    assert out.count("cnnlab / this =") == 6
+    # cnnlab trains with the fused max-pool + ReLU (and first block) where the kernel builds;
+    # aten-pool without either, aten-conv with the pairs alone
+    from cnnlab.models.pool_relu import ConvPoolReLU, PoolReLU, load_kernel
 
     kinds = {
         v: {type(m) for m in levers.build(v, "seed-mnist")[1].modules()}
-        for v in ("cnnlab", "aten-pool")
+        for v in ("cnnlab", "aten-pool", "aten-conv")
     }
-    assert (PoolReLU in kinds["cnnlab"]) == (load_kernel()[0] is not None)
+    built = load_kernel()[0] is not None
+    assert (PoolReLU in kinds["cnnlab"]) == (ConvPoolReLU in kinds["cnnlab"]) == built
     assert PoolReLU not in kinds["aten-pool"] and torch.nn.MaxPool2d in kinds["aten-pool"]
+    assert ConvPoolReLU not in kinds["aten-conv"] and (PoolReLU in kinds["aten-conv"]) == built
     # and its convolutions take NCHW weight gradients where that lever applies; nhwc-wgrad not
     from cnnlab.models.nchw_wgrad import NCHWWeightGradConv2d, cpu_lacks_avx512
 

@@ -1,6 +1,7 @@
 """The fused max-pool + ReLU kernel (cnnlab.models.pool_relu) against ATen's
 `relu(max_pool2d(x, 2))`: outputs and gradients bit for bit, its fall-backs, and a training
-run that gives the same weights with and without it."""
+run that gives the same weights with and without it; the fused first block (a 1-channel
+convolution with its pool and ReLU) against float64 and ATen, its fall-backs and a run."""
 
 from __future__ import annotations
 
@@ -146,9 +147,10 @@ def test_fuse_keeps_the_layers_indices_and_the_weights(kernel) -> None:
     plain = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
     model = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
     model.load_state_dict(plain.state_dict())
-    assert pr.fuse_pool_relu(model) == 3
-    assert isinstance(model.features[0][1], pr.PoolReLU)
-    assert isinstance(model.features[0][2], torch.nn.Identity)
+    assert pr.fuse_pool_relu(model) == (3, 1)  # under bf16 autocast the conv runs in ATen
+    assert isinstance(model.features[0][0], pr.ConvPoolReLU)
+    assert isinstance(model.features[1][1], pr.PoolReLU)
+    assert isinstance(model.features[1][2], torch.nn.Identity)
     assert list(model.state_dict()) == list(plain.state_dict())
     x = channels_last(torch.rand(6, 1, 40, 40), torch.float32)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
@@ -162,7 +164,9 @@ def test_fuse_keeps_the_layers_indices_and_the_weights(kernel) -> None:
 
 
 def test_training_run_is_the_same_with_and_without_the_kernel(kernel, tmp_path, monkeypatch):
-    """A whole seed-mnist run: identical weights; config.json says which kernel ran."""
+    """A whole seed-mnist run: identical weights; config.json says which kernel ran (the
+    first block's convolution in ATen: `CNNLAB_FUSED_CONV=0`, its own test below)."""
+    monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
     ds = bars_dataset(120, 12)
 
     def run(out: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -197,7 +201,7 @@ def test_a_compiler_that_fails_leaves_aten(monkeypatch, tmp_path: Path) -> None:
     lib, how = pr.load_kernel()
     assert lib is None and "not built" in how and "fatal error" in how
     model = create_model("seed-mnist")
-    assert pr.fuse_pool_relu(model) == 0
+    assert pr.fuse_pool_relu(model) == (0, 0)
     assert pr.fuse_on_cpu(model, torch.device("cpu")) == how
     assert not list((Path(pr.cache_root()) / "kernels").glob("*.so"))  # no half-built library
 
@@ -214,7 +218,9 @@ def test_the_library_is_built_once_and_reused(kernel, monkeypatch) -> None:
 
 def test_the_torch_predictor_fuses_and_gives_the_same_logits(kernel, tmp_path, monkeypatch):
     """predict / evaluate / serve run the fused pairs on a CPU: logits bit for bit as ATen's,
-    under both float32 and bf16 autocast; its `pool_relu` says which kernel ran."""
+    under both float32 and bf16 autocast; its `pool_relu` says which kernel ran (the first
+    convolution in ATen here, `CNNLAB_FUSED_CONV=0`; fused, see the next test)."""
+    monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
     from cnnlab.backends import TorchPredictor
     from cnnlab.train.checkpoint import load_model
     from cnnlab.train.engine import to_input
@@ -249,3 +255,129 @@ def test_the_torch_predictor_fuses_and_gives_the_same_logits(kernel, tmp_path, m
         assert_same_bits(got, slow.logits(images))
         if not bf16:
             assert torch.allclose(got, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the fused first block
+
+
+def conv_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), 2))
+
+
+def fused_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """The kernel's output and weight / bias gradients for a gradient g (set by the caller)."""
+    conv = torch.nn.Conv2d(1, w.shape[0], 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(w), conv.bias.copy_(b)
+    return pr.ConvPoolReLU(conv)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    b=st.integers(1, 3),
+    c=st.sampled_from([8, 16, 32]),
+    h=st.integers(2, 13),
+    w=st.integers(2, 13),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_first_block_matches_float64(kernel, b, c, h, w, seed) -> None:
+    """Random shapes, odd sizes included: the output within float32 rounding of float64, the
+    weight and bias gradients too, away from windows whose top two values (or the maximum and
+    0) are too close for float32 to order them as float64 does."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, h, w, generator=gen)
+    wt, bias = torch.randn(c, 1, 3, 3, generator=gen), torch.randn(c, generator=gen) * 0.5
+    g = torch.randn(b, c, h // 2, w // 2, generator=gen)
+    conv64 = F.conv2d(x.double(), wt.double(), bias.double(), padding=1)
+    top2 = conv64[:, :, : h // 2 * 2, : w // 2 * 2].unfold(2, 2, 2).unfold(3, 2, 2)
+    top2 = top2.reshape(*g.shape, 4).topk(2, dim=-1).values
+    clear = ((top2[..., 0] - top2[..., 1]) > 1e-4) & (top2[..., 0].abs() > 1e-4)
+    g = torch.where(clear, g, 0.0)
+    w64, b64 = wt.double().requires_grad_(), bias.double().requires_grad_()
+    want = conv_block(x.double(), w64, b64)
+    want.backward(g.double())
+    block = fused_block(x, wt, bias)
+    got = block(channels_last(x, torch.float32))
+    assert got.is_contiguous(memory_format=CL)
+    got.backward(channels_last(g, torch.float32))
+    torch.testing.assert_close(got.detach().double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.bias.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_first_block_on_seed_neu_sizes_is_deterministic_and_close_to_aten(kernel) -> None:
+    """A seed-neu batch: the kernel ran (not the fall-back), repeats bit for bit, and agrees
+    with ATen's float32 block to float32 rounding."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 200, 200)
+    wt, bias = torch.randn(32, 1, 3, 3) * 0.3, torch.randn(32) * 0.1
+    g = channels_last(torch.randn(6, 32, 100, 100), torch.float32)
+    runs = []
+    for _ in range(2):
+        block = fused_block(x, wt, bias)
+        y = block(x)
+        y.backward(g)
+        runs.append((y.detach(), block.weight.grad, block.bias.grad))
+    assert y.grad_fn is not None and "ConvPoolReLU" in type(y.grad_fn).__name__
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    w2, b2 = wt.clone().requires_grad_(), bias.clone().requires_grad_()
+    ref = conv_block(channels_last(x, torch.float32), w2, b2)
+    ref.backward(g)
+    torch.testing.assert_close(runs[0][0], ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0][1], w2.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(runs[0][2], b2.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_fused_first_block_falls_back_where_it_does_not_apply(kernel, monkeypatch) -> None:
+    """An input that needs its gradient, bf16 autocast, float64 and `CNNLAB_FUSED_CONV=0`
+    run ATen's convolution: the plain block's numbers, bit for bit."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 10, 10)
+    wt, bias = torch.randn(8, 1, 3, 3), torch.randn(8)
+    block = fused_block(x, wt, bias)
+    plain = lambda v: conv_block(v, wt, bias)  # noqa: E731
+    xg = x.clone().requires_grad_()
+    y = block(xg)
+    assert "ConvPoolReLU" not in type(y.grad_fn).__name__
+    y.sum().backward()
+    xr = x.clone().requires_grad_()
+    plain(xr).sum().backward()
+    assert torch.equal(xg.grad, xr.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(block(x), pr.PoolReLU()(F.conv2d(x, wt, bias, padding=1)))
+    as64 = conv_block(x.double(), wt.double(), bias.double())
+    assert torch.equal(fused_block(x, wt, bias).double()(x.double()), as64)
+    monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
+    model = create_model("seed-mnist")
+    assert pr.fuse_pool_relu(model) == (2, 0)
+    assert type(model.features[0][0]) is torch.nn.Conv2d
+
+
+def test_training_run_with_the_fused_first_block(kernel, tmp_path, monkeypatch) -> None:
+    """seed-mnist with its first block fused: config.json says so, and the weights stay within
+    float32 rounding of the run with that convolution in ATen (Adam amplifies last bits)."""
+    ds = bars_dataset(120, 12)
+
+    def run(out: str) -> tuple[dict[str, torch.Tensor], str]:
+        pr.load_kernel.cache_clear()
+        cfg = TrainConfig(
+            data="x", model="seed-mnist", epochs=2, batch_size=16, out=str(tmp_path / out),
+            device="cpu",
+        )  # fmt: skip
+        train(cfg, ds, progress=False, log=lambda _m: None)
+        runtime = json.loads((tmp_path / out / "config.json").read_text())["runtime"]
+        return load_file(tmp_path / out / "model.safetensors"), runtime["pool_relu"]
+
+    fused_run, how = run("fused")
+    monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
+    aten_run, how_aten = run("aten")
+    assert how.endswith("2 layer pairs, 1 with the convolution before (1 input channel)")
+    assert how_aten.endswith("2 layer pairs")
+    torch.manual_seed(0)
+    start = create_model("seed-mnist", num_classes=3, image_size=(12, 12)).state_dict()
+    for k, v in fused_run.items():
+        moved = (aten_run[k] - start[k]).double()
+        assert float((v - aten_run[k]).double().norm()) <= 1e-2 * float(moved.norm()), k
