@@ -163,29 +163,25 @@ def test_fuse_keeps_the_layers_indices_and_the_weights(kernel) -> None:
         assert torch.equal(a, b), k
 
 
+def seed_mnist_run(out: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A 2-epoch seed-mnist run on bars, with the kernel loaded afresh (the switches are read
+    once a process); returns its weights and config.json's `runtime.pool_relu`."""
+    pr.load_kernel.cache_clear()
+    cfg = TrainConfig(
+        data="x", model="seed-mnist", epochs=2, batch_size=16, out=str(out), device="cpu"
+    )
+    train(cfg, bars_dataset(120, 12), progress=False, log=lambda _m: None)
+    runtime = json.loads((out / "config.json").read_text())["runtime"]
+    return load_file(out / "model.safetensors"), runtime["pool_relu"]
+
+
 def test_training_run_is_the_same_with_and_without_the_kernel(kernel, tmp_path, monkeypatch):
     """A whole seed-mnist run: identical weights; config.json says which kernel ran (the
     first block's convolution in ATen: `CNNLAB_FUSED_CONV=0`, its own test below)."""
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
-    ds = bars_dataset(120, 12)
-
-    def run(out: str) -> tuple[dict[str, torch.Tensor], str]:
-        pr.load_kernel.cache_clear()
-        cfg = TrainConfig(
-            data="x",
-            model="seed-mnist",
-            epochs=2,
-            batch_size=16,
-            out=str(tmp_path / out),
-            device="cpu",
-        )
-        train(cfg, ds, progress=False, log=lambda _m: None)
-        runtime = json.loads((tmp_path / out / "config.json").read_text())["runtime"]
-        return load_file(tmp_path / out / "model.safetensors"), runtime["pool_relu"]
-
-    fast, how_fast = run("fused")
+    fast, how_fast = seed_mnist_run(tmp_path / "fused")
     monkeypatch.setenv("CNNLAB_FUSED_POOL", "0")
-    slow, how_slow = run("aten")
+    slow, how_slow = seed_mnist_run(tmp_path / "aten")
     assert how_fast.startswith("fused kernel") and how_fast.endswith("2 layer pairs")
     assert how_slow == "off (CNNLAB_FUSED_POOL=0)"
     assert fast.keys() == slow.keys()
@@ -359,21 +355,9 @@ def test_fused_first_block_falls_back_where_it_does_not_apply(kernel, monkeypatc
 def test_training_run_with_the_fused_first_block(kernel, tmp_path, monkeypatch) -> None:
     """seed-mnist with its first block fused: config.json says so, and the weights stay within
     float32 rounding of the run with that convolution in ATen (Adam amplifies last bits)."""
-    ds = bars_dataset(120, 12)
-
-    def run(out: str) -> tuple[dict[str, torch.Tensor], str]:
-        pr.load_kernel.cache_clear()
-        cfg = TrainConfig(
-            data="x", model="seed-mnist", epochs=2, batch_size=16, out=str(tmp_path / out),
-            device="cpu",
-        )  # fmt: skip
-        train(cfg, ds, progress=False, log=lambda _m: None)
-        runtime = json.loads((tmp_path / out / "config.json").read_text())["runtime"]
-        return load_file(tmp_path / out / "model.safetensors"), runtime["pool_relu"]
-
-    fused_run, how = run("fused")
+    fused_run, how = seed_mnist_run(tmp_path / "fused")
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
-    aten_run, how_aten = run("aten")
+    aten_run, how_aten = seed_mnist_run(tmp_path / "aten")
     assert how.endswith("2 layer pairs, 1 with the convolution before (1 input channel)")
     assert how_aten.endswith("2 layer pairs")
     torch.manual_seed(0)
