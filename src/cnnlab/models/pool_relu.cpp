@@ -145,8 +145,8 @@ void backward(const typename D::T* g, const uint8_t* code, typename D::T* gx, in
 // sum over pooled outputs of their gradient times the patch under the window position the
 // code names, the bias gradient the sum of the gradients that pass the ReLU. Sums run in
 // float over one output row, then in double per thread, then over threads in order: the same
-// numbers for the same thread count, and closer to exact than ATen's (tests/test_pool_relu.py
-// compares with float64). The maximum, ties and ReLU follow forward() above.
+// numbers for the same thread count; not ATen's bits (tests/test_pool_relu.py compares with
+// float64 and with ATen). The maximum, ties and ReLU follow forward() above.
 typedef float v8f __attribute__((vector_size(32)));  // 8 float32 channels (GCC / Clang)
 typedef int32_t v8i __attribute__((vector_size(32)));
 constexpr int kLanes = 8;

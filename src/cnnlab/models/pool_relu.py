@@ -13,8 +13,8 @@ convolution, pool and ReLU in one pass that writes only the pooled output, and a
 that gives the weight and bias gradients without the dense convolution gradient
 (`ConvPoolReLU`; float32 only, and only while no input gradient is asked for: seed-mnist
 trained 1.10x and seed-neu 1.07x the images/s on the Zen 3 box, README "Levers"). Its sums
-are more exact than ATen's, so they differ from ATen's in the last bits; `CNNLAB_FUSED_CONV=0`
-keeps the convolution in ATen (and the pool fused).
+run in another order than ATen's, so they differ from ATen's in the last bits;
+`CNNLAB_FUSED_CONV=0` keeps the convolution in ATen (and the pool fused).
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into
 `$CNNLAB_CACHE/kernels/`, keyed by its source, the compiler and this CPU's flags; without a
