@@ -33,10 +33,8 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from unittest import mock
 
 import torch
 from torch import nn
@@ -102,9 +100,7 @@ def build(variant: str, name: str) -> tuple:
         model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
     if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
-        conv = {"CNNLAB_FUSED_CONV": "0"} if variant == "aten-conv" else {}
-        with mock.patch.dict(os.environ, conv):  # the 1-channel conv fused too, unless aten-conv
-            fuse_on_cpu(model, rt.device)
+        fuse_on_cpu(model, rt.device, conv=variant != "aten-conv")  # and the 1-channel conv
     if variant != "nhwc-wgrad":  # weight gradients from NCHW copies (models/nchw_wgrad.py)
         info = model_info(name)
         nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype, (info.in_channels, *info.image_size))

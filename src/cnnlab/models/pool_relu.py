@@ -285,36 +285,37 @@ def _is_grey_3x3(m: nn.Module) -> bool:
     )
 
 
-def fuse_pool_relu(model: nn.Module) -> tuple[int, int]:
+def fuse_pool_relu(model: nn.Module, *, conv: bool = True) -> tuple[int, int]:
     """Replace each `MaxPool2d(2), ReLU` pair inside an nn.Sequential of `model` (in place) by
     `PoolReLU(), Identity()`, and a grey-image convolution right before one by `ConvPoolReLU`
-    with both after it `Identity()` (unless `CNNLAB_FUSED_CONV=0`), keeping every layer's
-    index and the state_dict's keys. Returns (pairs, convolutions) fused: (0, 0) when the
-    kernel is off or cannot be built."""
+    with both after it `Identity()` (unless `conv` is False or `CNNLAB_FUSED_CONV=0`), keeping
+    every layer's index and the state_dict's keys. Returns (pairs, convolutions) fused: (0, 0)
+    when the kernel is off or cannot be built."""
     if load_kernel()[0] is None:
         return 0, 0
+    conv = conv and conv_enabled_by_env()
     pairs = convs = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             if _is_plain_2x2(seq[i]) and type(seq[i + 1]) is nn.ReLU:
                 seq[i], seq[i + 1] = PoolReLU(), nn.Identity()
                 pairs += 1
-                if i > 0 and _is_grey_3x3(seq[i - 1]) and conv_enabled_by_env():
+                if conv and i > 0 and _is_grey_3x3(seq[i - 1]):
                     seq[i - 1], seq[i] = ConvPoolReLU(seq[i - 1]), nn.Identity()
                     convs += 1
     return pairs, convs
 
 
-def fuse_on_cpu(model: nn.Module, device: torch.device) -> str | None:
-    """Fuse `model`'s pairs when it runs on a CPU (training or inference); returns what
-    happened, for the log and config.json (None when there is nothing to say: CUDA, or a
-    model without such pairs)."""
+def fuse_on_cpu(model: nn.Module, device: torch.device, *, conv: bool = True) -> str | None:
+    """Fuse `model`'s pairs (and, with `conv`, its grey-image first convolution) when it runs
+    on a CPU (training or inference); returns what happened, for the log and config.json
+    (None when there is nothing to say: CUDA, or a model without such pairs)."""
     if device.type != "cpu" or not any(_is_plain_2x2(m) for m in model.modules()):
         return None
     lib, how = load_kernel()
     if lib is None:
         return how
-    pairs, convs = fuse_pool_relu(model)
+    pairs, convs = fuse_pool_relu(model, conv=conv)
     if not pairs:
         return None
     return f"{how}, {pairs} layer pairs" + (
