@@ -3,7 +3,9 @@
 Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with one thing
 changed: `aten-pool` (ATen's max-pool and ReLU instead of cnnlab's fused kernel,
 cnnlab.models.pool_relu), `aten-conv` (the fused pairs, but the first block's 1-channel
-convolution in ATen rather than fused with its pool and ReLU), `nhwc-wgrad` (oneDNN's
+convolution in ATen rather than fused with its pool and ReLU), `aten-wino` (the later
+blocks' convolutions in ATen instead of cnnlab's Winograd kernel, cnnlab.models.winograd,
+where that applies), `nhwc-wgrad` (oneDNN's
 weight gradients on the channels_last tensors instead of cnnlab's NCHW copies,
 cnnlab.models.nchw_wgrad; the same model on CPUs where that lever does not apply), `nchw`
 (contiguous NCHW instead of channels_last), `relu-first`
@@ -28,6 +30,8 @@ channels_last, the pool-before-ReLU order and the fused pool (README, "Benchmark
         --variants cnnlab aten-conv
     .venv/bin/python benchmarks/bench_levers.py --model seed-neu --images 50 --rounds 60 \
         --variants cnnlab nhwc-wgrad                                 # single steps alternating
+    .venv/bin/python benchmarks/bench_levers.py --images 6000 --rounds 5 \
+        --variants cnnlab aten-wino
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ VARIANTS = (
     "cnnlab",
     "aten-pool",
     "aten-conv",
+    "aten-wino",
     "nhwc-wgrad",
     "nchw",
     "relu-first",
@@ -100,7 +105,8 @@ def build(variant: str, name: str) -> tuple:
         model.features[0] = Fp32Block(model.features[0])
     model = rt.place(model)
     if variant != "aten-pool":  # cnnlab's fused max-pool + ReLU kernel (models/pool_relu.py)
-        fuse_on_cpu(model, rt.device, conv=variant != "aten-conv")  # and the 1-channel conv
+        # and the 1-channel conv, and the later convs by Winograd where this CPU suits it
+        fuse_on_cpu(model, rt.device, conv=variant != "aten-conv", winograd=variant != "aten-wino")
     if variant != "nhwc-wgrad":  # weight gradients from NCHW copies (models/nchw_wgrad.py)
         info = model_info(name)
         nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype, (info.in_channels, *info.image_size))
@@ -118,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS[:7]),
+        default=list(VARIANTS[:8]),
         choices=VARIANTS,
-        help="default: cnnlab aten-pool aten-conv nhwc-wgrad nchw relu-first fp32 (compile takes "
+        help="default: cnnlab aten-pool aten-conv aten-wino nhwc-wgrad nchw relu-first fp32 "
+        "(compile takes "
         "about 30 s to compile)",
     )
     args = p.parse_args(argv)

@@ -65,6 +65,21 @@ def test_forward_flops_neu_by_hand():
     assert bench.forward_flops(bench.TASKS["neu"]) == 780_801_536
 
 
+def test_winograd_flops_are_its_gemms():
+    """With Winograd, a block taken by the kernel counts its 16 GEMMs per 2x2 tile (torch's
+    FLOP counter on a bmm of those shapes); the 1-channel first block stays direct."""
+    with FlopCounterMode(display=False) as counter:  # seed-mnist's second block, one image
+        torch.bmm(torch.zeros(16, 7 * 7, 32), torch.zeros(16, 32, 64))
+    conv2 = counter.get_total_flops()
+    assert conv2 == 2 * 7 * 7 * 16 * 32 * 64
+    mnist = bench.forward_flops(bench.TASKS["mnist"], winograd=True)
+    assert mnist == bench.forward_flops(bench.TASKS["mnist"]) - 2 * 14 * 14 * 32 * 64 * 9 + conv2
+    neu_convs = 2 * 50 * 50 * 16 * 32 * 64 + 2 * 25 * 25 * 16 * 64 * 128
+    assert bench.forward_flops(bench.TASKS["neu"], winograd=True) == (
+        23_040_000 + neu_convs + 20_480_000 + 1_536
+    )
+
+
 @pytest.mark.parametrize("task", ["mnist", "neu"])
 def test_forward_flops_match_torch_flop_counter(task):
     """The analytic count equals torch's own FLOP counter on the plain-PyTorch model."""
@@ -277,6 +292,16 @@ def test_cnnlab_is_measured_against_the_peak_of_its_own_precision(amp, own):
     text = bench.table({"machine": machine, "peak": peak, "tasks": {"mnist": task}})
     share = 100 * gflops / peak[f"{own}_gflops"]
     assert f"cnnlab trained in {own}: {share:.1f}% of the {own} peak ({own}: measured)" in text
+    assert "executed_gflops" not in rec and "Winograd" not in text
+    # a run whose blocks ran by Winograd also gets the rate its executed multiplies ran at
+    runtime["pool_relu"] = "fused kernel (x.so), 2 layer pairs, 1 ... by Winograd F(2x2,3x3)"
+    rec = bench.add_derived({**rec, "runtime": runtime}, arch, 60000, 3, peak)
+    executed = bench.training_flops(arch, 180000, winograd=True) / 25.0 / 1e9
+    assert rec["executed_gflops"] == pytest.approx(executed) and executed < gflops
+    task = {"contestants": {"cnnlab": rec}, "target_vs_keras": 0.35, "target_met": None}
+    text = bench.table({"machine": machine, "peak": peak, "tasks": {"mnist": task}})
+    share = 100 * executed / peak[f"{own}_gflops"]
+    assert f"it executed {executed:.1f} GFLOP/s = {share:.1f}% of that peak" in text
     # a record without a runtime (an older cnnlab) keeps both fractions and no verdict
     plain = bench.add_derived({"status": "ok", "wall_s": 30.0, "fit_s": 25.0}, arch, 60000, 3, peak)
     assert "frac_peak_own" not in plain and plain["frac_peak_bf16"] is not None
@@ -407,22 +432,29 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
     levers.main(["--images", "50", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "seed-mnist, batch 50, 50 images x 1 rounds" in out
-    for v in ("cnnlab", "aten-pool", "aten-conv", "nhwc-wgrad", "nchw", "relu-first", "fp32"):
+    variants = ("cnnlab", "aten-pool", "aten-conv", "aten-wino", "nhwc-wgrad", "nchw")
+    for v in (*variants, "relu-first", "fp32"):
         assert f"\n{v} " in out or out.startswith(v)
-    assert out.count("cnnlab / this =") == 6
+    assert out.count("cnnlab / this =") == 7
     # cnnlab trains with the fused max-pool + ReLU (and first block) where the kernel builds;
     # aten-pool without either, aten-conv with the pairs alone
+    from cnnlab.models import winograd
     from cnnlab.models.pool_relu import ConvPoolReLU, PoolReLU, load_kernel
 
     kinds = {
         v: {type(m) for m in levers.build(v, "seed-mnist")[1].modules()}
-        for v in ("cnnlab", "aten-pool", "aten-conv")
+        for v in ("cnnlab", "aten-pool", "aten-conv", "aten-wino")
     }
     built = load_kernel()[0] is not None
+    wino = built and winograd.enabled()
     assert (PoolReLU in kinds["cnnlab"]) == (ConvPoolReLU in kinds["cnnlab"]) == built
+    assert (winograd.WinogradConvPoolReLU in kinds["cnnlab"]) == wino
     assert PoolReLU not in kinds["aten-pool"] and torch.nn.MaxPool2d in kinds["aten-pool"]
     assert ConvPoolReLU not in kinds["aten-conv"] and (PoolReLU in kinds["aten-conv"]) == built
-    # and its convolutions take NCHW weight gradients where that lever applies; nhwc-wgrad not
+    assert winograd.WinogradConvPoolReLU not in kinds["aten-wino"]
+    assert (ConvPoolReLU in kinds["aten-wino"]) == built
+    # and its convolutions take NCHW weight gradients where that lever applies (not where the
+    # Winograd kernel took them); nhwc-wgrad not
     from cnnlab.models.nchw_wgrad import NCHWWeightGradConv2d, cpu_lacks_avx512
 
     convs = {
@@ -430,7 +462,7 @@ def test_bench_levers_relu_first_restores_the_notes_order_and_runs(capsys) -> No
         for v in ("cnnlab", "nhwc-wgrad")
     }
     assert (NCHWWeightGradConv2d in convs["cnnlab"]) == (
-        cpu_lacks_avx512() and levers.build("cnnlab", "seed-neu")[0].amp_dtype is None
+        cpu_lacks_avx512() and levers.build("cnnlab", "seed-neu")[0].amp_dtype is None and not wino
     )
     assert NCHWWeightGradConv2d not in convs["nhwc-wgrad"]
     # cnnlab trains as `cnnlab train` does (bf16 autocast where it measured faster); fp32 never
@@ -497,3 +529,17 @@ def test_bench_cuda_step_graph_step_run_eagerly_trains_as_the_engine_does() -> N
     assert got["accuracy"] == want["accuracy"]
     for p0, pa, pb in zip(start.parameters(), a.parameters(), b.parameters(), strict=True):
         assert cuda_step.rel_err(pb - p0, pa - p0) < 1e-4  # Adam's updates, 4 steps
+
+
+def test_bench_winograd_times_both_blocks(capsys):
+    """bench_winograd.py runs the Winograd block and ATen's conv + fused pool at a shape and
+    prints both medians and their ratio (where the kernels build)."""
+    from cnnlab.models.pool_relu import load_kernel
+
+    if load_kernel()[0] is None:
+        pytest.skip("the fused kernels are not built here")
+    wino = _load("bench_winograd")
+    wino.main(["--shapes", "mnist2", "--batch", "2", "--calls", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("mnist2 (2x32x14x14 -> 64) round 1: winograd ")
+    assert "ms, aten conv + fused pool " in out and out.rstrip().endswith("x")

@@ -139,7 +139,9 @@ def test_the_cpu_precision_and_switch_decide(monkeypatch) -> None:
 
 def test_a_training_run_gives_the_same_weights(tmp_path, monkeypatch) -> None:
     """seed-mnist on 96x96 images (its second conv sees 32 channels at 48x48), float32, with
-    the lever forced on and without it: the same weights; config.json says which ran."""
+    the lever forced on and without it: the same weights; config.json says which ran (the
+    Winograd block, which would take that conv, off: `CNNLAB_WINOGRAD=0`)."""
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     monkeypatch.setattr(nw, "cpu_lacks_avx512", lambda: True)
     calls = _count_backwards(monkeypatch)
     ds = bars_dataset(30, 96)

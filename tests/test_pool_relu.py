@@ -141,13 +141,15 @@ def test_other_inputs_fall_back_to_aten(kernel) -> None:
     assert "max_pool2d" in str(traced.graph)
 
 
-def test_fuse_keeps_the_layers_indices_and_the_weights(kernel) -> None:
-    """seed-neu's three pairs fused in place; same state_dict; one bf16 Adam step as ATen's."""
+def test_fuse_keeps_the_layers_indices_and_the_weights(kernel, monkeypatch) -> None:
+    """seed-neu's three pairs fused in place; same state_dict; one bf16 Adam step as ATen's
+    (the Winograd blocks off: test_winograd.py)."""
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     torch.manual_seed(0)
     plain = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
     model = create_model("seed-neu", image_size=(40, 40)).to(memory_format=CL)
     model.load_state_dict(plain.state_dict())
-    assert pr.fuse_pool_relu(model) == (3, 1)  # under bf16 autocast the conv runs in ATen
+    assert pr.fuse_pool_relu(model) == (3, 1, 0)  # under bf16 autocast the conv runs in ATen
     assert isinstance(model.features[0][0], pr.ConvPoolReLU)
     assert isinstance(model.features[1][1], pr.PoolReLU)
     assert isinstance(model.features[1][2], torch.nn.Identity)
@@ -177,8 +179,10 @@ def seed_mnist_run(out: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 def test_training_run_is_the_same_with_and_without_the_kernel(kernel, tmp_path, monkeypatch):
     """A whole seed-mnist run: identical weights; config.json says which kernel ran (the
-    first block's convolution in ATen: `CNNLAB_FUSED_CONV=0`, its own test below)."""
+    first block's convolution in ATen: `CNNLAB_FUSED_CONV=0`, its own test below; the later
+    ones too: `CNNLAB_WINOGRAD=0`, test_winograd.py)."""
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     fast, how_fast = seed_mnist_run(tmp_path / "fused")
     monkeypatch.setenv("CNNLAB_FUSED_POOL", "0")
     slow, how_slow = seed_mnist_run(tmp_path / "aten")
@@ -197,7 +201,7 @@ def test_a_compiler_that_fails_leaves_aten(monkeypatch, tmp_path: Path) -> None:
     lib, how = pr.load_kernel()
     assert lib is None and "not built" in how and "fatal error" in how
     model = create_model("seed-mnist")
-    assert pr.fuse_pool_relu(model) == (0, 0)
+    assert pr.fuse_pool_relu(model) == (0, 0, 0)
     assert pr.fuse_on_cpu(model, torch.device("cpu")) == how
     assert not list((Path(pr.cache_root()) / "kernels").glob("*.so"))  # no half-built library
 
@@ -215,8 +219,10 @@ def test_the_library_is_built_once_and_reused(kernel, monkeypatch) -> None:
 def test_the_torch_predictor_fuses_and_gives_the_same_logits(kernel, tmp_path, monkeypatch):
     """predict / evaluate / serve run the fused pairs on a CPU: logits bit for bit as ATen's,
     under both float32 and bf16 autocast; its `pool_relu` says which kernel ran (the first
-    convolution in ATen here, `CNNLAB_FUSED_CONV=0`; fused, see the next test)."""
+    convolution in ATen here, `CNNLAB_FUSED_CONV=0`, and the second, `CNNLAB_WINOGRAD=0`;
+    fused, see the next test and test_winograd.py)."""
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     from cnnlab.backends import TorchPredictor
     from cnnlab.train.checkpoint import load_model
     from cnnlab.train.engine import to_input
@@ -347,14 +353,17 @@ def test_fused_first_block_falls_back_where_it_does_not_apply(kernel, monkeypatc
     as64 = conv_block(x.double(), wt.double(), bias.double())
     assert torch.equal(fused_block(x, wt, bias).double()(x.double()), as64)
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     model = create_model("seed-mnist")
-    assert pr.fuse_pool_relu(model) == (2, 0)
+    assert pr.fuse_pool_relu(model) == (2, 0, 0)
     assert type(model.features[0][0]) is torch.nn.Conv2d
 
 
 def test_training_run_with_the_fused_first_block(kernel, tmp_path, monkeypatch) -> None:
     """seed-mnist with its first block fused: config.json says so, and the weights stay within
-    float32 rounding of the run with that convolution in ATen (Adam amplifies last bits)."""
+    float32 rounding of the run with that convolution in ATen (Adam amplifies last bits);
+    the second block's convolution in ATen in both (`CNNLAB_WINOGRAD=0`, test_winograd.py)."""
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
     fused_run, how = seed_mnist_run(tmp_path / "fused")
     monkeypatch.setenv("CNNLAB_FUSED_CONV", "0")
     aten_run, how_aten = seed_mnist_run(tmp_path / "aten")

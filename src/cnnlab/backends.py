@@ -74,8 +74,9 @@ class TorchPredictor:
         """`bf16`: autocast as training does on CPUs where bf16 is faster. Off by default: its
         probabilities differ from float32 by up to a few hundredths (0.033 on seed-neu), which
         moves reject thresholds and calibration, and the exported models run in float32.
-        `fuse_pool`: max-pool + ReLU pairs as one kernel on a CPU (`cnnlab.models.pool_relu`;
-        the same logits bit for bit); False keeps ATen's, for comparison."""
+        `fuse_pool`: max-pool + ReLU pairs as one kernel on a CPU, with the convolution before
+        where a fused block takes it (`cnnlab.models.pool_relu`, `cnnlab.models.winograd`; the
+        same logits to float32 rounding); False keeps ATen's, for comparison."""
         from cnnlab.models.pool_relu import fuse_on_cpu
         from cnnlab.runtime import setup
 

@@ -12,7 +12,9 @@ run gives the same weights either way.
 Where it applies was measured (README, "Benchmark"): a stride-1 conv with at least 32 input
 channels on an input of at least 48x48 (seed-neu's second and third convolutions); the copies
 cost more than they save on small inputs (seed-mnist's 14x14) and with few channels.
-Training swaps such convolutions in (`use_on_cpu`); `CNNLAB_NCHW_WGRAD=0` turns it off.
+Training swaps such convolutions in (`use_on_cpu`); `CNNLAB_NCHW_WGRAD=0` turns it off. A
+block the Winograd kernel took (cnnlab.models.winograd, swapped in before) has no nn.Conv2d
+left for this lever: on AVX2 CPUs seed-neu's take it only with `CNNLAB_WINOGRAD=0`.
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ that gives the weight and bias gradients without the dense convolution gradient
 (`ConvPoolReLU`; float32 only, and only while no input gradient is asked for: seed-mnist
 trained 1.10x and seed-neu 1.07x the images/s on the Zen 3 box, README "Levers"). Its sums
 run in another order than ATen's, so they differ from ATen's in the last bits;
-`CNNLAB_FUSED_CONV=0` keeps the convolution in ATen (and the pool fused).
+`CNNLAB_FUSED_CONV=0` keeps the convolution in ATen (and the pool fused). A block whose
+convolution has 16k input and output channels can run by Winograd's F(2x2, 3x3) with its pool
+and ReLU (`winograd.py` / `winograd.cpp`, compiled into the same library).
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into
-`$CNNLAB_CACHE/kernels/`, keyed by its source, the compiler and this CPU's flags; without a
+`$CNNLAB_CACHE/kernels/`, keyed by its sources, the compiler and this CPU's flags; without a
 compiler, or with `CNNLAB_FUSED_POOL=0`, cnnlab runs ATen's kernels as before.
 Training and the PyTorch predictor (`predict`, `evaluate`, `serve`) swap the layers in
 (`fuse_on_cpu`); the model file, export and explain tools see the plain layers.
@@ -42,7 +44,7 @@ from torch import nn
 from cnnlab.paths import cache_root
 from cnnlab.runtime import eager, switched_off
 
-SOURCE = Path(__file__).with_name("pool_relu.cpp")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("pool_relu.cpp", "winograd.cpp"))
 FLAG_SETS = (["-march=native"], [])  # this CPU's vector units first, then the compiler's default
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -67,14 +69,16 @@ def _cpu_flags() -> str:
 
 
 def _build(compiler: str, out_dir: Path) -> Path:
-    """Compile SOURCE into a shared library in `out_dir` (cached); raises OSError on failure."""
+    """Compile SOURCES into one shared library in `out_dir` (cached); raises OSError on
+    failure."""
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30
     ).stdout
     errors = []
     for flags in FLAG_SETS:
         cmd = [compiler, "-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC", *flags]
-        key = "\n".join([SOURCE.read_text(encoding="utf-8"), version, *cmd, _cpu_flags()])
+        texts = [src.read_text(encoding="utf-8") for src in SOURCES]
+        key = "\n".join([*texts, version, *cmd, _cpu_flags()])
         lib = out_dir / f"pool_relu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
         if lib.exists():
             return lib
@@ -83,7 +87,7 @@ def _build(compiler: str, out_dir: Path) -> Path:
         os.close(fd)
         try:
             done = subprocess.run(
-                [*cmd, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+                [*cmd, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300
             )
             if done.returncode == 0:
                 os.replace(tmp, lib)  # atomic: concurrent builds (torchrun ranks) both succeed
@@ -91,7 +95,8 @@ def _build(compiler: str, out_dir: Path) -> Path:
             errors.append(done.stderr.strip().splitlines()[-1:] or ["failed"])
         finally:
             Path(tmp).unlink(missing_ok=True)
-    raise OSError(f"{compiler} could not build {SOURCE.name}: {errors[-1][0]}")
+    names = " + ".join(src.name for src in SOURCES)
+    raise OSError(f"{compiler} could not build {names}: {errors[-1][0]}")
 
 
 @functools.cache
@@ -117,6 +122,11 @@ def load_kernel() -> tuple[ctypes.CDLL | None, str]:
         fn = getattr(lib, name)
         fn.argtypes = [p, p, p, p, p, i64, i64, i64, i64, ctypes.c_int]
         fn.restype = None
+    c_int = ctypes.c_int
+    lib.winograd_pool_relu_forward_f32.argtypes = [p] * 5 + [c_int] + [i64] * 5 + [c_int]
+    lib.winograd_pool_relu_backward_f32.argtypes = [p] * 7 + [c_int] + [i64] * 5 + [c_int]
+    lib.winograd_pool_relu_forward_f32.restype = None
+    lib.winograd_pool_relu_backward_f32.restype = None
     return lib, f"fused kernel ({path.name})"
 
 
@@ -285,16 +295,23 @@ def _is_grey_3x3(m: nn.Module) -> bool:
     )
 
 
-def fuse_pool_relu(model: nn.Module, *, conv: bool = True) -> tuple[int, int]:
+def fuse_pool_relu(
+    model: nn.Module, *, conv: bool = True, winograd: bool = True
+) -> tuple[int, int, int]:
     """Replace each `MaxPool2d(2), ReLU` pair inside an nn.Sequential of `model` (in place) by
-    `PoolReLU(), Identity()`, and a grey-image convolution right before one by `ConvPoolReLU`
-    with both after it `Identity()` (unless `conv` is False or `CNNLAB_FUSED_CONV=0`), keeping
-    every layer's index and the state_dict's keys. Returns (pairs, convolutions) fused: (0, 0)
-    when the kernel is off or cannot be built."""
+    `PoolReLU(), Identity()`; a convolution right before one becomes, with both after it
+    `Identity()`, `ConvPoolReLU` if it is a grey-image one (unless `conv` is False or
+    `CNNLAB_FUSED_CONV=0`), or `WinogradConvPoolReLU` if that kernel takes it on this CPU
+    (unless `winograd` is False or `CNNLAB_WINOGRAD=0`; cnnlab.models.winograd). Every layer
+    keeps its index and the state_dict its keys. Returns (pairs, grey convolutions, Winograd
+    convolutions) fused: all 0 when the kernel is off or cannot be built."""
+    from cnnlab.models import winograd as wg  # it builds on this module's kernel and PoolReLU
+
     if load_kernel()[0] is None:
-        return 0, 0
+        return 0, 0, 0
     conv = conv and conv_enabled_by_env()
-    pairs = convs = 0
+    winograd = winograd and wg.enabled()
+    pairs = convs = winos = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             if _is_plain_2x2(seq[i]) and type(seq[i + 1]) is nn.ReLU:
@@ -303,21 +320,33 @@ def fuse_pool_relu(model: nn.Module, *, conv: bool = True) -> tuple[int, int]:
                 if conv and i > 0 and _is_grey_3x3(seq[i - 1]):
                     seq[i - 1], seq[i] = ConvPoolReLU(seq[i - 1]), nn.Identity()
                     convs += 1
-    return pairs, convs
+                elif winograd and i > 0 and wg.takes(seq[i - 1]):
+                    seq[i - 1], seq[i] = wg.WinogradConvPoolReLU(seq[i - 1]), nn.Identity()
+                    winos += 1
+    return pairs, convs, winos
 
 
-def fuse_on_cpu(model: nn.Module, device: torch.device, *, conv: bool = True) -> str | None:
-    """Fuse `model`'s pairs (and, with `conv`, its grey-image first convolution) when it runs
-    on a CPU (training or inference); returns what happened, for the log and config.json
-    (None when there is nothing to say: CUDA, or a model without such pairs)."""
+def fuse_on_cpu(
+    model: nn.Module, device: torch.device, *, conv: bool = True, winograd: bool = True
+) -> str | None:
+    """Fuse `model`'s pairs (with `conv`, its grey-image first convolution; with `winograd`,
+    the convolutions the Winograd kernel takes) when it runs on a CPU (training or
+    inference); returns what happened, for the log and config.json (None when there is
+    nothing to say: CUDA, or a model without such pairs)."""
     if device.type != "cpu" or not any(_is_plain_2x2(m) for m in model.modules()):
         return None
     lib, how = load_kernel()
     if lib is None:
         return how
-    pairs, convs = fuse_pool_relu(model, conv=conv)
+    pairs, convs, winos = fuse_pool_relu(model, conv=conv, winograd=winograd)
     if not pairs:
         return None
-    return f"{how}, {pairs} layer pairs" + (
-        f", {convs} with the convolution before (1 input channel)" if convs else ""
+    if winos:
+        from cnnlab.models.winograd import feed_flatten
+
+        feed_flatten(model)  # the last block hands Flatten NCHW (no copy either way)
+    return (
+        f"{how}, {pairs} layer pairs"
+        + (f", {convs} with the convolution before (1 input channel)" if convs else "")
+        + (f", {winos} with the convolution before by Winograd F(2x2,3x3)" if winos else "")
     )

@@ -9,7 +9,6 @@ a result like `cnnlab predict --json` plus `uncertain` and `seconds` -> one audi
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import threading
 import time
@@ -196,10 +195,13 @@ class Service:
         from cnnlab.explain import grad_cam, overlay
         from cnnlab.train.engine import to_input
 
-        with self._gradcam_lock:  # hooks and gradients on a private copy, one at a time
-            if self._gradcam_model is None:
-                src = self.predictor.model  # type: ignore[attr-defined]
-                self._gradcam_model = copy.deepcopy(src).cpu().float().eval()
+        with self._gradcam_lock:  # hooks and gradients on a private model, one at a time
+            if self._gradcam_model is None:  # the plain layers: Grad-CAM hooks the last
+                # nn.Conv2d, which the predictor's fused kernels have replaced
+                from cnnlab.train.checkpoint import load_model
+
+                plain, _ = load_model(self.predictor.path)  # type: ignore[attr-defined]
+                self._gradcam_model = plain.cpu().float().eval()
             heat, _ = grad_cam(self._gradcam_model, to_input(torch.from_numpy(np.stack([x]))))
         image = x.transpose(1, 2, 0)
         image = image[..., 0] if image.shape[2] == 1 else image
