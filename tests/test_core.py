@@ -84,3 +84,43 @@ def test_to_model_input_channels_and_size():
 def test_cli_without_command_prints_help(cli):
     r = cli()
     assert r.returncode == 2 and "examples:" in r.stdout
+
+
+def _console(*args: str, env: dict[str, str] | None = None):
+    """The console script's entry in a child process, with an atexit hook that says whether
+    the interpreter's teardown ran."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n"
+        f"sys.argv = ['cnnlab', *{list(args)!r}]\n"
+        "from cnnlab.cli import console\n"
+        "console()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_console_script_exits_fast_with_its_output_and_exit_code():
+    """`cnnlab`'s console script skips the interpreter's teardown (no atexit hook runs) yet
+    delivers all its output and main()'s exit code; CNNLAB_FAST_EXIT=0 exits normally."""
+    from cnnlab.filters.bank import list_kernels
+
+    fast = _console("kernels")
+    assert fast.returncode == 0 and "teardown ran" not in fast.stderr
+    lines = fast.stdout.splitlines()
+    assert len(lines) == len(list_kernels()) and lines[0].startswith("edge-horizontal")
+    bad = _console("convolve", "--signal", "1,x", "--kernel", "1")
+    assert bad.returncode == 2 and "teardown ran" not in bad.stderr
+    assert bad.stderr.strip() == "cnnlab: error: signal '1,x': entry 'x' is not a number"
+    slow = _console("kernels", env={"CNNLAB_FAST_EXIT": "0"})
+    assert slow.returncode == 0 and slow.stdout == fast.stdout
+    assert "teardown ran" in slow.stderr

@@ -16,6 +16,7 @@ from functools import cache
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.switches import switched_off  # noqa: F401  (re-exported: the kernels import it here)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -92,12 +93,6 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     if flags & BF16_FLAGS:
         extra.append("native bf16")
     return f"{name} ({', '.join(extra)})" if extra else name
-
-
-def switched_off(name: str) -> bool:
-    """True when the environment variable `name` is 0 / off / false / no: how cnnlab's
-    optional kernels (CNNLAB_FUSED_POOL, CNNLAB_NCHW_WGRAD) are turned off."""
-    return os.environ.get(name, "1").strip().lower() in {"0", "off", "false", "no"}
 
 
 def eager() -> bool:

@@ -8,12 +8,17 @@ into the library from its handler; library imports happen inside handlers so tha
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cnnlab import __version__
 from cnnlab.cli import confidence, data, demo, deploy, explain, filters, train
 from cnnlab.errors import CnnlabError
+from cnnlab.switches import switched_off
 
 MODULES = (demo, filters, data, train, confidence, explain, deploy)
 
@@ -77,3 +82,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def console() -> NoReturn:
+    """The `cnnlab` console script: `main()`, then, with the output flushed, exit without the
+    interpreter's teardown, which spends about 0.7 s of a `cnnlab train` run unloading torch
+    on the 2-core box (README, "Benchmark"). Every file cnnlab writes is closed (and renamed
+    into place) before `main` returns. A normal exit while another non-daemon thread runs,
+    with `CNNLAB_FAST_EXIT=0`, and always for `python -m cnnlab` (profilers write at exit)."""
+    rc = main()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if switched_off("CNNLAB_FAST_EXIT") or any(not t.daemon for t in others):
+        sys.exit(rc)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that left (| head), a closed stream
+            pass
+    os._exit(rc)
