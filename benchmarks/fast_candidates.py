@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--time-budget", type=float, default=0.0, help="seconds on the clock (default 0: none)"
     )
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=0.0,
+        help="hold out this share of the training digits and print their accuracy too, to choose "
+        "a recipe without looking at the test set (default 0)",
+    )
     args = p.parse_args(argv)
     _register()
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,15 +90,20 @@ def main(argv: list[str] | None = None) -> None:
             time_budget=args.time_budget,
             budget_mode="clock",
             width=args.width,
+            val_split=args.val_split,
+            select="last",
             out=str(Path(tmp) / "run"),
         )
         result = train(cfg, progress=False, log=lambda _m: None)
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    val = metrics["final"]["val_accuracy"]
     print(
         f"{args.model} {args.width} batch {args.batch_size} lr {args.lr} "
         f"ls {args.label_smoothing} augment {args.augment} epochs {args.epochs} "
         f"clock {args.time_budget:g} s "
-        f"seed {args.seed}: test {result.test['accuracy']:.4f}, "
+        f"seed {args.seed}: "
+        + (f"val {val:.4f}, " if val is not None else "")
+        + f"test {result.test['accuracy']:.4f}, "
         f"train {metrics['train_seconds']:.1f} s, {metrics['final']['images_per_s']:.0f} img/s"
     )
 
