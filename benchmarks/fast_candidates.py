@@ -3,8 +3,9 @@
 Trains one candidate with the `fast` preset's recipe (SGD Nesterov one-cycle, no EMA, no
 validation split; batch, peak lr, epochs and label smoothing as given; whole epochs unless
 `--time-budget S` puts it on the clock as `fast` is) and prints its test accuracy and
-training seconds. Registered models (`resnet-tiny-pool`, `resnet-tiny`, `resnet-digits`,
-with `--width`) and, for this search only:
+training seconds (and, with `--val-split F`, the accuracy on that share of the training
+digits held out, to choose a recipe without the test set). Registered models
+(`resnet-tiny-pool`, `resnet-tiny`, `resnet-digits`, with `--width`) and, for this search only:
 
 - `x-str2`: `resnet-digits` width s with a stride-2 stem conv instead of conv + max-pool;
 - `x-tinyf`: `resnet-tiny` width s with a Flatten head (64 x 4 x 4 -> 10) instead of GAP.
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             time_budget=args.time_budget,
             budget_mode="clock",
             width=args.width,
-            val_split=args.val_split,
-            select="last",
+            val_split=args.val_split,  # the preset's select="last": the val split only reports
             out=str(Path(tmp) / "run"),
         )
         result = train(cfg, progress=False, log=lambda _m: None)
