@@ -168,13 +168,17 @@ def test_fuse_keeps_the_layers_indices_and_the_weights(kernel, monkeypatch) -> N
 def seed_mnist_run(out: Path) -> tuple[dict[str, torch.Tensor], str]:
     """A 2-epoch seed-mnist run on bars, with the kernel loaded afresh (the switches are read
     once a process); returns its weights and config.json's `runtime.pool_relu`."""
+    return bars_run(out, "seed-mnist", "pool_relu")
+
+
+def bars_run(out: Path, model: str, key: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A 2-epoch run of `model` on 12x12 bars, with the kernel loaded afresh; returns its
+    weights and config.json's `runtime[key]`."""
     pr.load_kernel.cache_clear()
-    cfg = TrainConfig(
-        data="x", model="seed-mnist", epochs=2, batch_size=16, out=str(out), device="cpu"
-    )
+    cfg = TrainConfig(data="x", model=model, epochs=2, batch_size=16, out=str(out), device="cpu")
     train(cfg, bars_dataset(120, 12), progress=False, log=lambda _m: None)
     runtime = json.loads((out / "config.json").read_text())["runtime"]
-    return load_file(out / "model.safetensors"), runtime["pool_relu"]
+    return load_file(out / "model.safetensors"), runtime[key]
 
 
 def test_training_run_is_the_same_with_and_without_the_kernel(kernel, tmp_path, monkeypatch):

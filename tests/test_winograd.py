@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_pool_relu import channels_last, seed_mnist_run
+from test_pool_relu import bars_run, channels_last, seed_mnist_run
 
 from cnnlab.models import create_model
 from cnnlab.models import pool_relu as pr
@@ -48,6 +48,23 @@ def ran_winograd(y: torch.Tensor) -> bool:
     return y.grad_fn is not None and "Winograd" in type(y.grad_fn).__name__
 
 
+def random_shapes(side: int):
+    """Hypothesis over batch, channels in 16s, heights and widths 2..side (odd ones too) and a
+    seed: the kernel's tests against float64."""
+    return lambda test: settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )(
+        given(
+            b=st.integers(1, 3),
+            c_in=st.sampled_from([16, 32]),
+            c_out=st.sampled_from([16, 32, 48]),
+            h=st.integers(2, side),
+            w=st.integers(2, side),
+            seed=st.integers(0, 2**16),
+        )(test)
+    )
+
+
 def test_filter_transform_is_g_w_gt_and_its_adjoint_autograds() -> None:
     """U^T[i*4+j, c_out, c_in] = (G w[c_out, c_in] G^T)[i, j], written out pair by pair; the
     hand-written backward is what autograd makes of the forward, in the weight's layout."""
@@ -67,17 +84,7 @@ def test_filter_transform_is_g_w_gt_and_its_adjoint_autograds() -> None:
     assert dw.stride() == wcl.stride()
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    b=st.integers(1, 3),
-    c_in=st.sampled_from([16, 32]),
-    c_out=st.sampled_from([16, 32, 48]),
-    h=st.integers(2, 13),
-    w=st.integers(2, 13),
-    seed=st.integers(0, 2**16),
-)
+@random_shapes(13)
 def test_matches_float64(kernel, b, c_in, c_out, h, w, seed) -> None:
     """Random shapes, odd sizes included: output, input, weight and bias gradients within
     float32 rounding of float64, away from windows whose top two values (or the maximum and
@@ -267,3 +274,121 @@ def test_nchw_output_for_flatten_is_the_same_numbers(kernel) -> None:
     assert torch.equal(model(xb), ref(xb))
     for (k, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad), k
+
+
+# --- the residual CNNs' bias-free convolutions: ATen's forward, Winograd's gradients ---
+
+
+def grad_conv(w: torch.Tensor) -> wg.WinogradGradConv2d:
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    return wg.WinogradGradConv2d(conv)
+
+
+@random_shapes(11)
+def test_plain_conv_gradients_match_float64(kernel, b, c_in, c_out, h, w, seed) -> None:
+    """Random shapes, odd sizes included (the last 2x2 blocks half outside the map): the
+    output is ATen's, the input and weight gradients within float32 rounding of float64."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c_in, h, w, generator=gen)
+    wt = torch.randn(c_out, c_in, 3, 3, generator=gen) * 0.2
+    g = torch.randn(b, c_out, h, w, generator=gen)
+    x64, w64 = x.double().requires_grad_(), wt.double().requires_grad_()
+    F.conv2d(x64, w64, None, padding=1).backward(g.double())
+    conv = grad_conv(wt)
+    xx = channels_last(x, torch.float32).requires_grad_()
+    got = conv(xx)
+    assert ran_winograd(got)
+    assert torch.equal(got.detach(), F.conv2d(xx.detach(), wt, None, padding=1))
+    got.backward(channels_last(g, torch.float32))
+    assert xx.grad.is_contiguous(memory_format=CL)
+    tol = {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(xx.grad.double(), x64.grad, **tol)
+    torch.testing.assert_close(conv.weight.grad.double(), w64.grad, **tol)
+
+
+def test_plain_conv_repeats_and_gives_only_the_gradients_asked_for(kernel) -> None:
+    """resnet-tiny-pool's 7x7 stage: the same bits twice; a frozen input or frozen weights
+    get no gradient and the others are the full backward's bit for bit. NCHW input, float64,
+    bf16 autocast and no_grad run ATen alone."""
+    torch.manual_seed(4)
+    x = channels_last(torch.randn(5, 16, 7, 7), torch.float32)
+    wt = torch.randn(32, 16, 3, 3) * 0.2
+    g = channels_last(torch.randn(5, 32, 7, 7), torch.float32)
+    runs = []
+    for _ in range(2):
+        conv, xx = grad_conv(wt), x.clone().requires_grad_()
+        conv(xx).backward(g)
+        runs.append((xx.grad, conv.weight.grad))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    frozen_x = grad_conv(wt)
+    frozen_x(x).backward(g)
+    assert torch.equal(frozen_x.weight.grad, runs[0][1])
+    frozen_w, xx = grad_conv(wt).requires_grad_(False), x.clone().requires_grad_()
+    frozen_w(xx).backward(g)
+    assert frozen_w.weight.grad is None and torch.equal(xx.grad, runs[0][0])
+    conv = grad_conv(wt)
+    with torch.no_grad():
+        assert torch.equal(conv(x), F.conv2d(x, wt, None, padding=1))
+    nchw = x.contiguous().requires_grad_()
+    assert not ran_winograd(conv(nchw))
+    assert not ran_winograd(grad_conv(wt).double()(x.double().requires_grad_()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ran_winograd(conv(x.clone().requires_grad_()))
+
+
+def test_grads_on_cpu_swaps_the_bias_free_3x3_convs_only(kernel, monkeypatch) -> None:
+    """In resnet-tiny-pool: the four 3x3 convolutions of its residual blocks (not the
+    4-channel stem, not the 1x1 shortcut), the same state_dict keys and logits; nothing on
+    CUDA, under bf16 autocast, on an AVX-512 CPU, or with the switch off (which it says)."""
+    cpu = torch.device("cpu")
+
+    def tiny() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model("resnet-tiny-pool").to(memory_format=CL)
+
+    assert wg.grads_on_cpu(tiny(), torch.device("cuda"), None) is None
+    assert wg.grads_on_cpu(tiny(), cpu, torch.bfloat16) is None
+    if not wg.enabled():
+        assert wg.grads_on_cpu(tiny(), cpu, None) is None
+        return
+    plain, model = tiny(), tiny()
+    how = wg.grads_on_cpu(model, cpu, None)
+    assert how == "by Winograd F(2x2,3x3) for 4 3x3 convolutions without bias"
+    swapped = [n for n, m in model.named_modules() if isinstance(m, wg.WinogradGradConv2d)]
+    assert swapped == [f"stages.{s}.1.conv{c}.0" for s in (0, 1) for c in (1, 2)]
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    x = channels_last(torch.randn(4, 1, 28, 28), torch.float32)
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
+    with monkeypatch.context() as mp:
+        mp.setenv("CNNLAB_WINOGRAD", "0")
+        model = tiny()
+        assert wg.grads_on_cpu(model, cpu, None) == "off (CNNLAB_WINOGRAD=0)"
+        assert not any(isinstance(m, wg.WinogradGradConv2d) for m in model.modules())
+    monkeypatch.setattr(wg, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    wg.cpu_suits.cache_clear()
+    try:
+        assert wg.grads_on_cpu(tiny(), cpu, None) is None
+    finally:
+        monkeypatch.undo()
+        wg.cpu_suits.cache_clear()
+
+
+def test_training_run_with_winograd_gradients(kernel, tmp_path, monkeypatch) -> None:
+    """resnet-tiny-pool trained with the Winograd gradients: config.json says so, and the
+    weights stay within float32 rounding of the run with ATen's."""
+    if not wg.enabled():
+        pytest.skip("this CPU is not the kind the Winograd kernel is used on (AVX2, no AVX-512)")
+    wino_run, how = bars_run(tmp_path / "wino", "resnet-tiny-pool", "conv_grads")
+    monkeypatch.setenv("CNNLAB_WINOGRAD", "0")
+    aten_run, how_aten = bars_run(tmp_path / "aten", "resnet-tiny-pool", "conv_grads")
+    assert how == "by Winograd F(2x2,3x3) for 4 3x3 convolutions without bias"
+    assert how_aten == "off (CNNLAB_WINOGRAD=0)"
+    torch.manual_seed(0)
+    start = create_model("resnet-tiny-pool", num_classes=3, image_size=(12, 12)).state_dict()
+    for k, v in wino_run.items():
+        if not v.is_floating_point():
+            continue
+        moved = (aten_run[k] - start[k]).double()
+        assert float((v - aten_run[k]).double().norm()) <= 1e-2 * float(moved.norm()) + 1e-6, k

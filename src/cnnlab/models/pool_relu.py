@@ -127,6 +127,8 @@ def load_kernel() -> tuple[ctypes.CDLL | None, str]:
     lib.winograd_pool_relu_backward_f32.argtypes = [p] * 7 + [c_int] + [i64] * 5 + [c_int]
     lib.winograd_pool_relu_forward_f32.restype = None
     lib.winograd_pool_relu_backward_f32.restype = None
+    lib.winograd_conv_backward_f32.argtypes = [p] * 5 + [i64] * 5 + [c_int]
+    lib.winograd_conv_backward_f32.restype = None
     return lib, f"fused kernel ({path.name})"
 
 

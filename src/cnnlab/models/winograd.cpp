@@ -13,10 +13,14 @@
 // gradient (B dV B^T with dV = dM U^T, added into the overlapping patches) and the filter
 // gradient in the transformed domain (dU = V^T dM; winograd.py maps it to the weights).
 //
-// Work goes in equal chunks of up to kChunk tiles of one image, whose transformed data stay
-// in the cache;
-// the GEMMs run on a 6x16 register-blocked kernel (12 accumulators of 8 floats, AVX2 + FMA
-// with -march=native). Sums are float32 in a fixed order: the same bits for the same thread
+// The backward also serves a plain 3x3 'same' convolution without bias (the residual CNNs'
+// convolutions before a BatchNorm, whose forward ATen runs faster on small maps): its tiles
+// are 2x2 output blocks (the last row / column may fall outside an odd-sized map) and dM
+// comes from all four gradients of a block.
+//
+// Work goes in ranges of tiles whose transformed data stay in the cache (`Ranges`); the GEMMs
+// run on a 6x16 register-blocked kernel (12 accumulators of 8 floats, AVX2 + FMA with
+// -march=native). Sums are float32 in a fixed order: the same bits for the same thread
 // count; not ATen's bits (tests/test_winograd.py compares with float64 and with ATen).
 // Built with pool_relu.cpp into one library by cnnlab/models/pool_relu.py.
 #include <omp.h>
@@ -36,6 +40,8 @@ constexpr int64_t kChunk = 24;  // at most this many tiles transformed and multi
 constexpr int kRows = 6;        // GEMM register block: kRows x 16
 constexpr int64_t kChunkB = 49;  // the backward's: fewer, longer dU sums (one seed-mnist image);
                                  // seed-mnist's backward 2.35 vs 2.66 ms with 24 (2026-12-07)
+                                 // and the ResNets' 7x7 / 4x4 maps: a --preset fast step 1.14x
+                                 // vs 1.06 / 1.07 / 1.04x with 32 / 96 / 144 (bench_conv_grads.py)
 
 inline v8f load8(const float* p) {
     v8f v;
@@ -95,22 +101,42 @@ void gemm(const float* A, int64_t rsa, int64_t csa, const float* B, int64_t ldb,
 
 struct Shape {
     int64_t B, H, W, Ci, Co;
-    int64_t Ho() const { return H / 2; }
-    int64_t Wo() const { return W / 2; }
-    int64_t P() const { return Ho() * Wo(); }  // tiles (pooled outputs) per image
-    // An image's tiles in chunks of equal size (at most kChunk): seed-mnist's 49 tiles go as
-    // 17 + 17 + 15, not 24 + 24 + 1 (a 1-row GEMM runs at a sixth of the 6-row one's speed).
-    int64_t chunks(int64_t most = kChunk) const { return (P() + most - 1) / most; }
-    int64_t chunk(int64_t most = kChunk) const { return (P() + chunks(most) - 1) / chunks(most); }
+    bool pool = true;  // tiles are pool windows (floor); else 2x2 output blocks (ceil)
+    int64_t Ho() const { return pool ? H / 2 : (H + 1) / 2; }
+    int64_t Wo() const { return pool ? W / 2 : (W + 1) / 2; }
+    int64_t P() const { return Ho() * Wo(); }  // tiles per image
 };
 
-// V (16 x kChunk x Ci) for tiles p0 .. p0+nt of one image: B^T d B of each 4x4 input patch
-// (rows 2*oh-1 .. 2*oh+2, columns alike, zero outside the image: the 'same' padding).
-void input_transform(const float* img, const Shape& s, int64_t p0, int64_t nt, float* V,
+// Work in ranges of tiles t = b * P + p (image b, tile p): an image of more than `most` tiles
+// goes in chunks of equal size (seed-mnist's 49 as 17 + 17 + 15, not 24 + 24 + 1: a 1-row
+// GEMM runs at a sixth of the 6-row one's speed); smaller images go as many whole ones as
+// fit (a 4x4 map's 4 tiles alone would make 4-row GEMMs that reload U for every image).
+struct Ranges {
+    int64_t P, B, per_image, size, imgs;
+    Ranges(int64_t P_, int64_t B_, int64_t most) : P(P_), B(B_) {
+        per_image = P >= most ? (P + most - 1) / most : 1;
+        imgs = P >= most ? 1 : std::max<int64_t>(1, most / P);
+        size = P >= most ? (P + per_image - 1) / per_image : imgs * P;
+    }
+    int64_t count() const { return imgs == 1 ? B * per_image : (B + imgs - 1) / imgs; }
+    void get(int64_t q, int64_t* t0, int64_t* nt) const {
+        if (imgs == 1) {
+            const int64_t b = q / per_image, p0 = (q % per_image) * size;
+            *t0 = b * P + p0, *nt = std::min(size, P - p0);
+        } else {
+            *t0 = q * size, *nt = std::min(size, B * P - q * size);
+        }
+    }
+};
+
+// V (16 x stride x Ci) for tiles t0 .. t0+nt: B^T d B of each 4x4 input patch (rows
+// 2*oh-1 .. 2*oh+2, columns alike, zero outside the image: the 'same' padding).
+void input_transform(const float* x, const Shape& s, int64_t t0, int64_t nt, float* V,
                      int64_t stride) {
-    const int64_t Ci = s.Ci;
+    const int64_t Ci = s.Ci, P = s.P();
     for (int64_t r = 0; r < nt; r++) {
-        const int64_t oh = (p0 + r) / s.Wo(), ow = (p0 + r) % s.Wo();
+        const int64_t b = (t0 + r) / P, p = (t0 + r) % P, oh = p / s.Wo(), ow = p % s.Wo();
+        const float* img = x + b * s.H * s.W * Ci;
         for (int64_t c0 = 0; c0 < Ci; c0 += kLanes) {
             v8f d[16];
             for (int i = 0; i < 4; i++) {
@@ -145,35 +171,36 @@ void input_transform(const float* img, const Shape& s, int64_t p0, int64_t nt, f
 // null.
 void forward(const float* x, const float* U, const float* bias, float* y, uint8_t* code,
              bool nchw, const Shape& s, int threads) {
-    const int64_t P = s.P(), per_image = s.chunks(), size = s.chunk(), Ci = s.Ci, Co = s.Co;
+    const int64_t P = s.P(), Ci = s.Ci, Co = s.Co;
+    const Ranges work(P, s.B, kChunk);
 #pragma omp parallel num_threads(threads)
     {
         std::vector<float> V(16 * kChunk * Ci), M(16 * kChunk * 16);
 #pragma omp for schedule(static)
-        for (int64_t q = 0; q < s.B * per_image; q++) {
-            const int64_t b = q / per_image, p0 = (q % per_image) * size;
-            const int64_t nt = std::min(size, P - p0);
-            input_transform(x + b * s.H * s.W * Ci, s, p0, nt, V.data(), kChunk);
+        for (int64_t q = 0; q < work.count(); q++) {
+            int64_t t0, nt;
+            work.get(q, &t0, &nt);
+            input_transform(x, s, t0, nt, V.data(), kChunk);
             for (int64_t co0 = 0; co0 < Co; co0 += 16) {
                 for (int k = 0; k < 16; k++)
                     gemm(V.data() + k * kChunk * Ci, Ci, 1, U + k * Ci * Co + co0, Co,
                          M.data() + k * kChunk * 16, 16, nt, 16, Ci, false);
                 for (int64_t r = 0; r < nt; r++) {
-                    const int64_t o = (b * P + p0 + r) * Co + co0;
+                    const int64_t t = t0 + r, b = t / P, p = t % P;
                     for (int h = 0; h < 2; h++) {
                         v8f m[16];
                         for (int k = 0; k < 16; k++)
                             m[k] = load8(M.data() + (k * kChunk + r) * 16 + h * kLanes);
-                        v8f t0[4], t1[4];  // A^T along the rows
+                        v8f t0v[4], t1v[4];  // A^T along the rows
                         for (int j = 0; j < 4; j++) {
-                            t0[j] = m[j] + m[4 + j] + m[8 + j];
-                            t1[j] = m[4 + j] - m[8 + j] - m[12 + j];
+                            t0v[j] = m[j] + m[4 + j] + m[8 + j];
+                            t1v[j] = m[4 + j] - m[8 + j] - m[12 + j];
                         }
                         const v8f bv = load8(bias + co0 + h * kLanes);
-                        const v8f a0 = t0[0] + t0[1] + t0[2] + bv;  // the window, scan order
-                        const v8f a1 = t0[1] - t0[2] - t0[3] + bv;
-                        const v8f a2 = t1[0] + t1[1] + t1[2] + bv;
-                        const v8f a3 = t1[1] - t1[2] - t1[3] + bv;
+                        const v8f a0 = t0v[0] + t0v[1] + t0v[2] + bv;  // the window, scan order
+                        const v8f a1 = t0v[1] - t0v[2] - t0v[3] + bv;
+                        const v8f a2 = t1v[0] + t1v[1] + t1v[2] + bv;
+                        const v8f a3 = t1v[1] - t1v[2] - t1v[3] + bv;
                         v8f mx = a0;  // a later value wins if greater or NaN (pool_relu.cpp)
                         v8i k = v8i{};
                         v8i u = (a1 > mx) | (a1 != a1);
@@ -182,10 +209,10 @@ void forward(const float* x, const float* U, const float* bias, float* y, uint8_
                         mx = u ? a2 : mx, k = u ? v8i{} + 2 : k;
                         u = (a3 > mx) | (a3 != a3);
                         mx = u ? a3 : mx, k = u ? v8i{} + 3 : k;
-                        const int64_t oc = o + h * kLanes;
+                        const int64_t oc = t * Co + co0 + h * kLanes;
                         const v8f out = mx < v8f{} ? v8f{} : mx;
                         if (nchw) {
-                            float* yc = y + (b * Co + co0 + h * kLanes) * P + p0 + r;
+                            float* yc = y + (b * Co + co0 + h * kLanes) * P + p;
                             for (int l = 0; l < kLanes; l++) yc[l * P] = out[l];
                         } else {
                             store8(y + oc, out);
@@ -201,12 +228,17 @@ void forward(const float* x, const float* U, const float* bias, float* y, uint8_
     }
 }
 
-// Gradients from g (laid out as forward's y), code: gx (B, H, W, Ci) with UT (16, Co, Ci) = U's
-// transpose, dUT (16, Co, Ci) = dU's transpose (the filter transform's own layout), db (Co).
-// gx and dUT may be null (not asked for).
+// Gradients from g (laid out as forward's y) and, with kPool, code: gx (B, H, W, Ci) with
+// UT (16, Co, Ci) = U's transpose, dUT (16, Co, Ci) = dU's transpose (the filter transform's
+// own layout), db (Co, kPool only). gx and dUT may be null (not asked for).
+template <bool kPool>
 void backward(const float* x, const float* UT, const float* g, const uint8_t* code, float* gx,
               float* dU, float* db, bool nchw, const Shape& s, int threads) {
     const int64_t P = s.P(), Ci = s.Ci, Co = s.Co, nU = 16 * Ci * Co;
+    // whole images to a thread (the patches overlap within one): one, in chunks, or as many as
+    // fit in a chunk
+    const Ranges work(P, s.B, kChunkB);
+    const int64_t groups = (s.B + work.imgs - 1) / work.imgs;
     std::vector<float> dU_part(dU ? size_t(threads) * nU : 0, 0.0f);
     std::vector<double> db_part(size_t(threads) * Co, 0.0);
 #pragma omp parallel num_threads(threads)
@@ -217,27 +249,45 @@ void backward(const float* x, const float* UT, const float* g, const uint8_t* co
         std::vector<float> V(16 * kChunkB * Ci), dV(16 * kChunkB * Ci), dM(16 * kChunkB * Co);
         std::vector<float> dbc(Co);
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < s.B; b++) {  // whole images: the patches overlap within one
-            float* gimg = gx ? gx + b * s.H * s.W * Ci : nullptr;
-            if (gimg) std::memset(gimg, 0, s.H * s.W * Ci * sizeof(float));
-            for (int64_t p0 = 0; p0 < P; p0 += s.chunk(kChunkB)) {
-                const int64_t nt = std::min(s.chunk(kChunkB), P - p0);
+        for (int64_t gi = 0; gi < groups; gi++) {
+            const int64_t q0 = gi * (work.imgs == 1 ? work.per_image : 1);
+            const int64_t q1 = work.imgs == 1 ? q0 + work.per_image : q0 + 1;
+            if (gx) {
+                const int64_t b0 = gi * work.imgs, b1 = std::min(s.B, b0 + work.imgs);
+                std::memset(gx + b0 * s.H * s.W * Ci, 0, (b1 - b0) * s.H * s.W * Ci * 4);
+            }
+            for (int64_t q = q0; q < q1; q++) {
+                int64_t t0, nt;
+                work.get(q, &t0, &nt);
                 std::fill(dbc.begin(), dbc.end(), 0.0f);
-                for (int64_t r = 0; r < nt; r++) {  // dM = A dY A^T, dY one-hot by the code
-                    const int64_t o = (b * P + p0 + r) * Co;
+                for (int64_t r = 0; r < nt; r++) {  // dM = A dY A^T
+                    const int64_t t = t0 + r, b = t / P, p = t % P;
+                    const int64_t oh = 2 * (p / s.Wo()), ow = 2 * (p % s.Wo());
+                    const bool right = ow + 1 < s.W, down = oh + 1 < s.H;
                     for (int64_t c0 = 0; c0 < Co; c0 += kLanes) {
-                        v8f gv;
-                        if (nchw) {
-                            const float* gc = g + (b * Co + c0) * P + p0 + r;
-                            for (int l = 0; l < kLanes; l++) gv[l] = gc[l * P];
-                        } else {
-                            gv = load8(g + o + c0);
+                        v8f y00, y01, y10, y11;
+                        if (kPool) {  // dY one-hot by the code
+                            const int64_t o = t * Co;
+                            v8f gv;
+                            if (nchw) {
+                                const float* gc = g + (b * Co + c0) * P + p;
+                                for (int l = 0; l < kLanes; l++) gv[l] = gc[l * P];
+                            } else {
+                                gv = load8(g + o + c0);
+                            }
+                            v8i k;
+                            for (int l = 0; l < kLanes; l++) k[l] = code[o + c0 + l];
+                            y00 = k == 0 ? gv : v8f{}, y01 = k == 1 ? gv : v8f{};
+                            y10 = k == 2 ? gv : v8f{}, y11 = k == 3 ? gv : v8f{};
+                            store8(dbc.data() + c0,
+                                   load8(dbc.data() + c0) + y00 + y01 + y10 + y11);
+                        } else {  // the 2x2 block's gradients, 0 outside the map
+                            const float* gb = g + ((b * s.H + oh) * s.W + ow) * Co + c0;
+                            y00 = load8(gb);
+                            y01 = right ? load8(gb + Co) : v8f{};
+                            y10 = down ? load8(gb + s.W * Co) : v8f{};
+                            y11 = down && right ? load8(gb + (s.W + 1) * Co) : v8f{};
                         }
-                        v8i k;
-                        for (int l = 0; l < kLanes; l++) k[l] = code[o + c0 + l];
-                        const v8f y00 = k == 0 ? gv : v8f{}, y01 = k == 1 ? gv : v8f{};
-                        const v8f y10 = k == 2 ? gv : v8f{}, y11 = k == 3 ? gv : v8f{};
-                        store8(dbc.data() + c0, load8(dbc.data() + c0) + y00 + y01 + y10 + y11);
                         const v8f e0[4] = {y00, y00 + y10, y00 - y10, -y10};  // A along rows
                         const v8f e1[4] = {y01, y01 + y11, y01 - y11, -y11};
                         for (int i = 0; i < 4; i++) {  // and along the columns
@@ -249,13 +299,16 @@ void backward(const float* x, const float* UT, const float* g, const uint8_t* co
                         }
                     }
                 }
-                for (int64_t c = 0; c < Co; c++) dbt[c] += dbc[c];
-                if (gimg) {  // dV = dM U^T, then B dV B^T added into each patch
+                if (kPool)
+                    for (int64_t c = 0; c < Co; c++) dbt[c] += dbc[c];
+                if (gx) {  // dV = dM U^T, then B dV B^T added into each patch
                     for (int k = 0; k < 16; k++)
                         gemm(dM.data() + k * kChunkB * Co, Co, 1, UT + k * Co * Ci, Ci,
                              dV.data() + k * kChunkB * Ci, Ci, nt, Ci, Co, false);
                     for (int64_t r = 0; r < nt; r++) {
-                        const int64_t oh = (p0 + r) / s.Wo(), ow = (p0 + r) % s.Wo();
+                        const int64_t t = t0 + r, b = t / P, p = t % P;
+                        const int64_t oh = p / s.Wo(), ow = p % s.Wo();
+                        float* gimg = gx + b * s.H * s.W * Ci;
                         for (int64_t c0 = 0; c0 < Ci; c0 += kLanes) {
                             v8f v[16];
                             for (int k = 0; k < 16; k++)
@@ -284,7 +337,7 @@ void backward(const float* x, const float* UT, const float* g, const uint8_t* co
                     }
                 }
                 if (dUt) {  // dU^T += dM^T V, V recomputed from the input
-                    input_transform(x + b * s.H * s.W * Ci, s, p0, nt, V.data(), kChunkB);
+                    input_transform(x, s, t0, nt, V.data(), kChunkB);
                     for (int k = 0; k < 16; k++)
                         gemm(dM.data() + k * kChunkB * Co, 1, Co, V.data() + k * kChunkB * Ci, Ci,
                              dUt + k * Co * Ci, Ci, Co, Ci, nt, true);
@@ -299,10 +352,12 @@ void backward(const float* x, const float* UT, const float* g, const uint8_t* co
             dU[i] = sum;
         }
     }
-    for (int64_t c = 0; c < Co; c++) {
-        double sum = 0.0;
-        for (int th = 0; th < threads; th++) sum += db_part[th * Co + c];
-        db[c] = float(sum);
+    if (kPool) {
+        for (int64_t c = 0; c < Co; c++) {
+            double sum = 0.0;
+            for (int th = 0; th < threads; th++) sum += db_part[th * Co + c];
+            db[c] = float(sum);
+        }
     }
 }
 
@@ -320,7 +375,16 @@ void winograd_pool_relu_backward_f32(const float* x, const float* UT, const floa
                                      const uint8_t* code, float* gx, float* dUT, float* db,
                                      int nchw, int64_t B, int64_t H, int64_t W, int64_t Ci,
                                      int64_t Co, int threads) {
-    backward(x, UT, g, code, gx, dUT, db, nchw != 0, Shape{B, H, W, Ci, Co}, threads);
+    backward<true>(x, UT, g, code, gx, dUT, db, nchw != 0, Shape{B, H, W, Ci, Co}, threads);
+}
+
+// The gradients of a 3x3 'same' convolution without bias (a BatchNorm follows; ATen runs its
+// forward), NHWC: g (B, H, W, Co) -> gx (B, H, W, Ci), dUT (16, Co, Ci); either may be null.
+void winograd_conv_backward_f32(const float* x, const float* UT, const float* g, float* gx,
+                                float* dUT, int64_t B, int64_t H, int64_t W, int64_t Ci,
+                                int64_t Co, int threads) {
+    backward<false>(x, UT, g, nullptr, gx, dUT, nullptr, false, Shape{B, H, W, Ci, Co, false},
+                    threads);
 }
 
 }  // extern "C"

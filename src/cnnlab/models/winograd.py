@@ -15,6 +15,11 @@ training and inference on an x86 CPU with AVX2 and without AVX-512 (oneDNN's AVX
 are twice as wide as this AVX2 one), channels a multiple of 16, in eager mode, outside
 autocast. `CNNLAB_WINOGRAD=0` turns it off (the block then runs ATen's convolution and the
 fused pool).
+
+The residual CNNs' convolutions (3x3, no bias: a BatchNorm follows) use the same kernel's
+backward in training (`WinogradGradConv2d`, `grads_on_cpu`): ATen's forward is the faster on
+their 7x7 and 4x4 maps, the Winograd input and weight gradients the faster everywhere measured
+(a `--preset fast` step 1.1-1.2x; README, "Winograd gradients for the ResNets").
 """
 
 from __future__ import annotations
@@ -139,6 +144,10 @@ class _WinogradPoolReLUFunction(torch.autograd.Function):
 def takes(m: nn.Module) -> bool:
     """A Conv2d the kernel computes: 3x3, padding 1, stride 1, no dilation or groups, zero
     padding, a bias, input and output channels multiples of 16."""
+    return _is_3x3_same(m) and m.bias is not None
+
+
+def _is_3x3_same(m: nn.Module) -> bool:
     return (
         type(m) is nn.Conv2d
         and m.in_channels % CHANNEL_BLOCK == 0
@@ -149,7 +158,6 @@ def takes(m: nn.Module) -> bool:
         and tuple(m.dilation) == (1, 1)
         and m.groups == 1
         and m.padding_mode == "zeros"
-        and m.bias is not None
     )
 
 
@@ -186,6 +194,98 @@ class WinogradConvPoolReLU(nn.Module):
                 x, self.weight, self.bias, self.nchw_out, self.transforms()
             )
         return self.pool_relu(F.conv2d(x, self.weight, self.bias, padding=1))
+
+
+class _WinogradGradConvFunction(torch.autograd.Function):
+    """conv2d(x, weight, padding=1) without bias: ATen's forward (faster than the Winograd one
+    on the residual CNNs' 7x7 and 4x4 maps), the backward through winograd.cpp for a float32
+    channels_last CPU batch (1.7-2x ATen's there)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, None, padding=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        lib, _ = load_kernel()
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad
+        b, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        cl = torch.channels_last
+        g = g.contiguous(memory_format=cl)
+        ut = filter_transform(weight)  # (16, C_out, C_in)
+        gx = torch.empty(x.shape, dtype=x.dtype, memory_format=cl) if need_x else None
+        dut = torch.empty_like(ut) if need_w else None
+        lib.winograd_conv_backward_f32(
+            x.data_ptr(), ut.data_ptr(), g.data_ptr(),
+            None if gx is None else gx.data_ptr(), None if dut is None else dut.data_ptr(),
+            b, h, w, c_in, c_out, torch.get_num_threads(),
+        )  # fmt: skip
+        dw = None if dut is None else filter_transform_backward(dut, weight)
+        return gx, dw
+
+
+def takes_plain(m: nn.Module) -> bool:
+    """A Conv2d `WinogradGradConv2d` computes: `takes`' shape, without a bias."""
+    return _is_3x3_same(m) and m.bias is None
+
+
+class WinogradGradConv2d(nn.Module):
+    """`Conv2d(C_in, C_out, 3, padding=1, bias=False)` whose gradients come from the Winograd
+    kernel where it applies (a float32 channels_last CPU batch outside autocast, with a
+    gradient asked for); the forward is always ATen's. Holds the convolution's `weight`, so
+    the state_dict and the optimizer see the plain layer's."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_grad_enabled()
+            and (x.requires_grad or self.weight.requires_grad)
+            and x.dim() == 4
+            and x.shape[1] == self.weight.shape[1]
+            and x.dtype == self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and kernel_applies(x)
+        ):
+            return _WinogradGradConvFunction.apply(x, self.weight)
+        return F.conv2d(x, self.weight, None, padding=1)
+
+
+def swap_plain_convs(model: nn.Module) -> int:
+    """Replace (in place) each bias-free 3x3 Conv2d the kernel takes inside an nn.Sequential
+    by a `WinogradGradConv2d` (the residual CNNs' ConvBN) for training on a CPU; returns how
+    many. The state_dict's keys stay the same."""
+    if not enabled() or load_kernel()[0] is None:
+        return 0
+    n = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq)):
+            if takes_plain(seq[i]):
+                seq[i] = WinogradGradConv2d(seq[i])
+                n += 1
+    return n
+
+
+def grads_on_cpu(
+    model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None
+) -> str | None:
+    """Swap in `WinogradGradConv2d` for training on a CPU in float32 (`amp_dtype` None);
+    returns what happened, for the log and config.json, or None when nothing applies."""
+    if device.type != "cpu" or amp_dtype is not None or not cpu_suits():
+        return None
+    if not enabled_by_env():
+        return "off (CNNLAB_WINOGRAD=0)" if any(takes_plain(m) for m in model.modules()) else None
+    swapped = swap_plain_convs(model)
+    if not swapped:
+        return None
+    plural = "s" if swapped > 1 else ""
+    return f"by Winograd F(2x2,3x3) for {swapped} 3x3 convolution{plural} without bias"
 
 
 def feed_flatten(model: nn.Module) -> bool:

@@ -30,7 +30,7 @@ from cnnlab.atomic import write_json, write_text
 from cnnlab.data.augment import AUGMENTS, get_augment, symmetry_of
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, model_info, model_kwargs, nchw_wgrad
+from cnnlab.models import create_model, model_info, model_kwargs, nchw_wgrad, winograd
 from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import DEVICE_CHOICES, Runtime, setup
 from cnnlab.train import distributed
@@ -367,6 +367,7 @@ def train(
     weight_grads = nchw_wgrad.use_on_cpu(
         model, rt.device, rt.amp_dtype, (dataset.channels, *dataset.image_size)
     )
+    conv_grads = winograd.grads_on_cpu(model, rt.device, rt.amp_dtype)  # the convs left
     if world is not None and rt.device.type == "cuda":  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg)
@@ -433,6 +434,7 @@ def train(
     config_record = _config_record(cfg, rt, dataset, kwargs, weights)
     config_record["runtime"]["pool_relu"] = pool_relu
     config_record["runtime"]["weight_grads"] = weight_grads
+    config_record["runtime"]["conv_grads"] = conv_grads
     if resume:  # keep the measurement that chose the epochs
         budget = _recorded_budget(run_dir)
     if budget is not None:
@@ -474,6 +476,7 @@ def train(
         + (f"; {rt.amp_reason}" if rt.amp_reason else "")
         + (f"; max-pool + ReLU: {pool_relu}" if pool_relu else "")
         + (f"; weight gradients: {weight_grads}" if weight_grads else "")
+        + (f"; convolution gradients: {conv_grads}" if conv_grads else "")
     )
     history = state.history
     best_epoch, bad_epochs = state.best_epoch, state.bad_epochs
