@@ -3,7 +3,8 @@
 The residual CNNs' bias-free 3x3 convolutions (each followed by a BatchNorm) keep ATen's
 forward; `winograd.grads_on_cpu` gives them the Winograd kernel's input and weight gradients
 (cnnlab.models.winograd.WinogradGradConv2d). This builds the model as a training run does
-(channels_last, the fused pool pairs, the NCHW weight gradients where they apply), copies it,
+(glibc's malloc keeping freed memory, channels_last, the fused pool pairs, the NCHW weight
+gradients where they apply), copies it,
 swaps the copy, and times SGD steps on one random batch, alternating blocks of steps between
 the two so the machine's noise hits both: medians per step and their ratio.
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from cnnlab.models import create_model, nchw_wgrad, winograd
 from cnnlab.models.pool_relu import fuse_on_cpu
+from cnnlab.runtime import keep_freed_memory
 
 
 def build(name: str, width: str, size: int, classes: int) -> torch.nn.Module:
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=12, help="blocks of steps per variant")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as a training run does (cnnlab.runtime.setup)
 
     aten = build(args.model, args.width, args.size, args.classes)
     wino = copy.deepcopy(aten)

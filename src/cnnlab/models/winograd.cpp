@@ -40,8 +40,8 @@ constexpr int64_t kChunk = 24;  // at most this many tiles transformed and multi
 constexpr int kRows = 6;        // GEMM register block: kRows x 16
 constexpr int64_t kChunkB = 49;  // the backward's: fewer, longer dU sums (one seed-mnist image);
                                  // seed-mnist's backward 2.35 vs 2.66 ms with 24 (2026-12-07)
-                                 // and the ResNets' 7x7 / 4x4 maps: a --preset fast step 1.14x
-                                 // vs 1.06 / 1.07 / 1.04x with 32 / 96 / 144 (bench_conv_grads.py)
+                                 // on the ResNets' 7x7 / 4x4 maps 32, 96 and 144 were no faster
+                                 // (bench_conv_grads.py, one run each, 2026-12-07)
 
 inline v8f load8(const float* p) {
     v8f v;
