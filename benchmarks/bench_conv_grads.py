@@ -4,9 +4,9 @@ The residual CNNs' bias-free 3x3 convolutions (each followed by a BatchNorm) kee
 forward; `winograd.grads_on_cpu` gives them the Winograd kernel's input and weight gradients
 (cnnlab.models.winograd.WinogradGradConv2d). This builds the model as a training run does
 (glibc's malloc keeping freed memory, channels_last, the fused pool pairs, the NCHW weight
-gradients where they apply), copies it,
-swaps the copy, and times SGD steps on one random batch, alternating blocks of steps between
-the two so the machine's noise hits both: medians per step and their ratio.
+gradients where they apply), copies it, swaps the copy, and times SGD steps on one random
+batch, alternating blocks of steps between the two so the machine's noise hits both: medians
+per step and their ratio.
 
     .venv/bin/python benchmarks/bench_conv_grads.py                        # --preset fast's net
     .venv/bin/python benchmarks/bench_conv_grads.py --model resnet-digits --width l

@@ -4,8 +4,8 @@ Each variant is cnnlab's training epoch (`train_one_epoch`, Adam, batch 50) with
 changed: `aten-pool` (ATen's max-pool and ReLU instead of cnnlab's fused kernel,
 cnnlab.models.pool_relu), `aten-conv` (the fused pairs, but the first block's 1-channel
 convolution in ATen rather than fused with its pool and ReLU), `aten-wino` (the later
-blocks' convolutions in ATen instead of cnnlab's Winograd kernel, cnnlab.models.winograd,
-where that applies), `nhwc-wgrad` (oneDNN's
+blocks' convolutions, and the ResNets' 3x3 convolution gradients, in ATen instead of
+cnnlab's Winograd kernel, cnnlab.models.winograd, where that applies), `nhwc-wgrad` (oneDNN's
 weight gradients on the channels_last tensors instead of cnnlab's NCHW copies,
 cnnlab.models.nchw_wgrad; the same model on CPUs where that lever does not apply), `nchw`
 (contiguous NCHW instead of channels_last), `relu-first`
@@ -43,7 +43,7 @@ import time
 import torch
 from torch import nn
 
-from cnnlab.models import create_model, model_info, nchw_wgrad
+from cnnlab.models import create_model, model_info, nchw_wgrad, winograd
 from cnnlab.models.pool_relu import fuse_on_cpu
 from cnnlab.runtime import setup
 from cnnlab.train.engine import train_one_epoch
@@ -110,6 +110,8 @@ def build(variant: str, name: str) -> tuple:
     if variant != "nhwc-wgrad":  # weight gradients from NCHW copies (models/nchw_wgrad.py)
         info = model_info(name)
         nchw_wgrad.use_on_cpu(model, rt.device, rt.amp_dtype, (info.in_channels, *info.image_size))
+    if variant != "aten-wino":  # the ResNets' 3x3 conv gradients by Winograd, as training does
+        winograd.grads_on_cpu(model, rt.device, rt.amp_dtype)
     if variant == "compile":  # compiles on the first step (the warm-up below times it)
         model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=ADAM_EPS, fused=True)

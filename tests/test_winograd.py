@@ -280,10 +280,10 @@ def test_nchw_output_for_flatten_is_the_same_numbers(kernel) -> None:
 
 
 def grad_conv(w: torch.Tensor) -> wg.WinogradGradConv2d:
-    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False)
+    conv = wg.WinogradGradConv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(w)
-    return wg.WinogradGradConv2d(conv)
+    return conv
 
 
 @random_shapes(11)

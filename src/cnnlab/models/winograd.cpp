@@ -259,7 +259,7 @@ void backward(const float* x, const float* UT, const float* g, const uint8_t* co
             for (int64_t q = q0; q < q1; q++) {
                 int64_t t0, nt;
                 work.get(q, &t0, &nt);
-                std::fill(dbc.begin(), dbc.end(), 0.0f);
+                if (kPool) std::fill(dbc.begin(), dbc.end(), 0.0f);  // the bias gradient
                 for (int64_t r = 0; r < nt; r++) {  // dM = A dY A^T
                     const int64_t t = t0 + r, b = t / P, p = t % P;
                     const int64_t oh = 2 * (p / s.Wo()), ow = 2 * (p % s.Wo());

@@ -86,6 +86,19 @@ def _kron_g(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.kron(g, g).to(dtype=dtype, device=device)
 
 
+def _kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether winograd.cpp computes `x` through a swapped-in convolution of `weight`: a
+    float32 channels_last CPU batch with the weight's input channels, outside autocast, in
+    eager mode, the kernel built. Anything else runs ATen."""
+    return (
+        x.dim() == 4
+        and x.shape[1] == weight.shape[1]
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and kernel_applies(x)
+    )
+
+
 class _WinogradPoolReLUFunction(torch.autograd.Function):
     """relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2)) for a float32 channels_last
     CPU batch through winograd.cpp; the filter transform and its adjoint inside, so a step
@@ -184,13 +197,7 @@ class WinogradConvPoolReLU(nn.Module):
             return ut, ut.transpose(1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() == 4
-            and x.shape[1] == self.weight.shape[1]
-            and x.dtype == self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and kernel_applies(x)
-        ):
+        if _kernel_takes(x, self.weight):
             return _WinogradPoolReLUFunction.apply(
                 x, self.weight, self.bias, self.nchw_out, self.transforms()
             )
@@ -234,59 +241,40 @@ def takes_plain(m: nn.Module) -> bool:
     return _is_3x3_same(m) and m.bias is None
 
 
-class WinogradGradConv2d(nn.Module):
-    """`Conv2d(C_in, C_out, 3, padding=1, bias=False)` whose gradients come from the Winograd
-    kernel where it applies (a float32 channels_last CPU batch outside autocast, with a
-    gradient asked for); the forward is always ATen's. Holds the convolution's `weight`, so
-    the state_dict and the optimizer see the plain layer's."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = conv.weight
+class WinogradGradConv2d(nn.Conv2d):
+    """An `nn.Conv2d` (3x3, padding 1, no bias; same parameters, same state_dict) whose input
+    and weight gradients come from the Winograd kernel where `_kernel_takes` says so and a
+    gradient is asked for; the forward is always ATen's. `grads_on_cpu` swaps it in."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             torch.is_grad_enabled()
             and (x.requires_grad or self.weight.requires_grad)
-            and x.dim() == 4
-            and x.shape[1] == self.weight.shape[1]
-            and x.dtype == self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and kernel_applies(x)
+            and _kernel_takes(x, self.weight)
         ):
             return _WinogradGradConvFunction.apply(x, self.weight)
-        return F.conv2d(x, self.weight, None, padding=1)
-
-
-def swap_plain_convs(model: nn.Module) -> int:
-    """Replace (in place) each bias-free 3x3 Conv2d the kernel takes inside an nn.Sequential
-    by a `WinogradGradConv2d` (the residual CNNs' ConvBN) for training on a CPU; returns how
-    many. The state_dict's keys stay the same."""
-    if not enabled() or load_kernel()[0] is None:
-        return 0
-    n = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq)):
-            if takes_plain(seq[i]):
-                seq[i] = WinogradGradConv2d(seq[i])
-                n += 1
-    return n
+        return super().forward(x)
 
 
 def grads_on_cpu(
     model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None
 ) -> str | None:
-    """Swap in `WinogradGradConv2d` for training on a CPU in float32 (`amp_dtype` None);
-    returns what happened, for the log and config.json, or None when nothing applies."""
+    """Swap (in place) each bias-free 3x3 Conv2d the kernel takes for a `WinogradGradConv2d`
+    (the residual CNNs' ConvBN), for training on a CPU in float32 (`amp_dtype` None); returns
+    what happened, for the log and config.json, or None when nothing applies."""
     if device.type != "cpu" or amp_dtype is not None or not cpu_suits():
         return None
-    if not enabled_by_env():
-        return "off (CNNLAB_WINOGRAD=0)" if any(takes_plain(m) for m in model.modules()) else None
-    swapped = swap_plain_convs(model)
-    if not swapped:
+    convs = [m for m in model.modules() if takes_plain(m)]
+    if not convs:
         return None
-    plural = "s" if swapped > 1 else ""
-    return f"by Winograd F(2x2,3x3) for {swapped} 3x3 convolution{plural} without bias"
+    if not enabled_by_env():
+        return "off (CNNLAB_WINOGRAD=0)"
+    if load_kernel()[0] is None:
+        return None  # no compiler: fuse_on_cpu's log line already says why
+    for m in convs:
+        m.__class__ = WinogradGradConv2d  # a subclass adding no state: only forward differs
+    plural = "s" if len(convs) > 1 else ""
+    return f"by Winograd F(2x2,3x3) for {len(convs)} 3x3 convolution{plural} without bias"
 
 
 def feed_flatten(model: nn.Module) -> bool:
